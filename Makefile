@@ -1,0 +1,35 @@
+# alignbench: `make sweep` reproduces the comparisons, `make test` runs the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+CONFIG ?= configs/default.yaml
+
+.PHONY: install sweep sweep-exact test bench report clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+sweep: install        ## run the default sweep into results/default (resumes; completed runs are skipped)
+	$(BIN)/alignbench sweep --config $(CONFIG)
+
+sweep-exact: install  ## the exact task alone with dpo, ipo, kto
+	$(BIN)/alignbench sweep --config configs/exact.yaml
+
+report: install       ## rebuild results/default/report.md from its files
+	$(BIN)/alignbench report results/default
+
+test: install         ## the test suite (under 10 minutes on 2 cores)
+	ALIGNBENCH_QUIET=1 $(BIN)/python -m pytest
+
+bench: install        ## performance benchmark (prints a table; not part of make test)
+	$(BIN)/python benchmarks/bench.py
+
+clean:
+	rm -rf .cache .pytest_cache

@@ -1,0 +1,3 @@
+"""alignbench: a comparative alignment benchmark suite."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,162 @@
+"""Command line: ``alignbench list | sweep | report``. Bad input: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+import yaml
+
+from .errors import AlignbenchError
+
+
+def _kv(items: list[str] | None, flag: str, nested: bool) -> dict[str, Any]:
+    """Parse repeated ``name.field=value`` (nested) or ``field=value`` flags; values are YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise AlignbenchError(f"{flag}: expected KEY=VALUE, got '{item}'")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        if nested:
+            if "." not in key:
+                raise AlignbenchError(f"{flag}: expected NAME.FIELD=VALUE, got '{item}'")
+            name, field = key.split(".", 1)
+            out.setdefault(name, {})[field] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _grid(items: list[str] | None) -> dict[str, list[Any]]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise AlignbenchError(f"--grid: expected METHOD=V1,V2,..., got '{item}'")
+        name, raw = item.split("=", 1)
+        out[name] = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+    return out
+
+
+def _csv(s: str | None) -> list[str] | None:
+    return None if s is None else [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _numbers(s: str | None, flag: str) -> list[Any] | None:
+    if s is None:
+        return None
+    vals = []
+    for x in _csv(s) or []:
+        try:
+            vals.append(float(x) if any(c in x.lower() for c in ".en") else int(x))
+        except ValueError:
+            raise AlignbenchError(f"{flag}: '{x}' is not a number") from None
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alignbench", description="Comparative alignment benchmark: the same data, "
+                                "reference model and KL budget for every method; reward-vs-KL frontiers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("list", help="list registered methods and tasks")
+    ls.add_argument("--verbose", "-v", action="store_true", help="also show each config field with its default and help")
+    ls.add_argument("--plugins", help="extra plugin files or folders (comma-separated)")
+
+    sw = sub.add_parser("sweep", help="train every method over its sweep grid and write a report",
+                        description="Run (or resume) a sweep. Completed runs in --out are skipped. Flags override "
+                                    "the fields of --config.")
+    sw.add_argument("--config", help="YAML file with SweepConfig fields (tasks, methods, betas, grid, seeds, ...)")
+    sw.add_argument("--task", "--tasks", dest="tasks", help="comma-separated tasks (default: exact)")
+    sw.add_argument("--methods", help="comma-separated methods (default: the task's default set)")
+    sw.add_argument("--betas", help="comma-separated beta grid for every beta-swept method")
+    sw.add_argument("--grid", action="append", metavar="METHOD=V1,V2", help="grid of one method's sweep axis (repeatable), e.g. bon=1,4,16")
+    sw.add_argument("--seeds", help="comma-separated seeds (default: 0)")
+    sw.add_argument("--steps", help="optimizer steps per run (default: the task's)")
+    sw.add_argument("--out", help="results folder (default: results/default)")
+    sw.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    sw.add_argument("--cache-dir", help="cache folder (default: .cache/alignbench or $ALIGNBENCH_CACHE)")
+    sw.add_argument("--method-arg", action="append", metavar="METHOD.FIELD=VALUE", help="method config field (repeatable)")
+    sw.add_argument("--task-arg", action="append", metavar="TASK.FIELD=VALUE", help="task config field (repeatable)")
+    sw.add_argument("--train-arg", action="append", metavar="FIELD=VALUE", help="training config field (repeatable)")
+    sw.add_argument("--report-to", help="comma-separated trackers: tensorboard, wandb (default: none)")
+    sw.add_argument("--plugins", help="extra plugin files or folders (comma-separated)")
+    sw.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    rp = sub.add_parser("report", help="rebuild DIR/report.md and its figures from the files in DIR")
+    rp.add_argument("dir", help="results folder written by `alignbench sweep`")
+    return p
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from dataclasses import MISSING, fields
+
+    from . import registry
+
+    registry.load_plugins(_csv(args.plugins))
+    print("Methods:")
+    for name, cls in registry.methods().items():
+        needs = [a for a in ("needs_reference", "needs_reward_model", "needs_gold_reward") if getattr(cls, a)]
+        print(f"  {name:<10} [{cls.data_format}; sweeps {cls.sweep_param}] {cls.description}"
+              + (f" (needs: {', '.join(n[6:] for n in needs)})" if needs and args.verbose else ""))
+        if args.verbose:
+            for f in fields(cls.config_cls):
+                default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+                print(f"      {f.name} = {default!r}: {f.metadata.get('help', '')}")
+    print("Tasks:")
+    for name, cls in registry.tasks().items():
+        print(f"  {name:<10} {cls.description}")
+        if args.verbose:
+            for f in fields(cls.config_cls):
+                default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+                print(f"      {f.name} = {default!r}: {f.metadata.get('help', '')}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .sweep import load_sweep_config, run_sweep
+
+    overrides: dict[str, Any] = {
+        "tasks": _csv(args.tasks), "methods": _csv(args.methods), "betas": _numbers(args.betas, "--betas"),
+        "seeds": _numbers(args.seeds, "--seeds"), "steps": args.steps, "out": args.out, "device": args.device,
+        "cache_dir": args.cache_dir or os.environ.get("ALIGNBENCH_CACHE"),
+        "report_to": _csv(args.report_to), "plugins": _csv(args.plugins),
+    }
+    if args.grid:
+        overrides["grid"] = _grid(args.grid)
+    if args.method_arg:
+        overrides["method_args"] = _kv(args.method_arg, "--method-arg", nested=True)
+    if args.task_arg:
+        overrides["task_args"] = _kv(args.task_arg, "--task-arg", nested=True)
+    if args.train_arg:
+        overrides["train_args"] = _kv(args.train_arg, "--train-arg", nested=False)
+    if args.no_progress:
+        overrides["progress"] = False
+    cfg = load_sweep_config(args.config, overrides)
+    summary = run_sweep(cfg)
+    n_ok = int((summary["status"] == "ok").sum()) if len(summary) else 0
+    print(f"{n_ok}/{len(summary)} runs ok; report: {cfg.out}/report.md")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    print(write_report(args.dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"list": cmd_list, "sweep": cmd_sweep, "report": cmd_report}[args.command](args)
+    except AlignbenchError as e:
+        print(f"alignbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alignbench: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Preference and unpaired data: validation, the paired -> unpaired derivation, tokenization to tensors.
+
+Rows live in ``datasets.Dataset`` objects:
+
+* paired:   ``prompt``, ``chosen``, ``rejected`` (strings);
+* unpaired: ``prompt``, ``completion``, ``label`` (bool, True = desirable), plus ``kl_completion``: the
+  completion of a row with another prompt, fixed once per dataset, so that KTO's reference point
+  z0 (KL estimated from mismatched pairs) can use cached reference log-probs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .api import FORMAT_COLUMNS
+from .errors import DataError
+
+REQUIRED = {
+    "paired": {"prompt": str, "chosen": str, "rejected": str},
+    "unpaired": {"prompt": str, "completion": str, "label": bool},
+}
+
+
+def validate_rows(ds: Any, fmt: str, *, split: str = "train") -> None:
+    """Raise DataError naming the split, row and field of the first malformed row."""
+    if len(ds) == 0:
+        raise DataError(f"{split}: the dataset has zero rows")
+    required = REQUIRED[fmt]
+    missing = [k for k in required if k not in ds.column_names]
+    if missing:
+        raise DataError(f"{split}: missing field '{missing[0]}' (rows need {', '.join(required)})")
+    for i, row in enumerate(ds):
+        for key, typ in required.items():
+            v = row[key]
+            if v is None:
+                raise DataError(f"{split} row {i}: field '{key}' is missing")
+            if typ is str and (not isinstance(v, str) or not v.strip()):
+                raise DataError(f"{split} row {i}: field '{key}' must be a non-empty string, got {v!r}")
+            if typ is bool and not isinstance(v, (bool, np.bool_)):
+                raise DataError(f"{split} row {i}: field '{key}' must be true or false, got {v!r}")
+
+
+def unpair(ds: Any, *, seed: int = 0) -> Any:
+    """Paired rows -> unpaired rows: chosen -> desirable, rejected -> undesirable (same data for KTO).
+
+    Each row also gets ``kl_completion``: a completion of another row (a seeded shuffle, shifted by
+    one, avoiding the row's own prompt where possible), KTO's mismatched pair for z0.
+    """
+    from datasets import Dataset
+
+    prompts = list(ds["prompt"]) * 2
+    completions = list(ds["chosen"]) + list(ds["rejected"])
+    labels = [True] * len(ds) + [False] * len(ds)
+    n = len(prompts)
+    order = np.random.default_rng(seed).permutation(n)
+    kl = [""] * n
+    for j, i in enumerate(order):
+        # walk forward in the shuffled order until the prompt differs (at most n steps)
+        for step in range(1, n + 1):
+            k = order[(j + step) % n]
+            if prompts[k] != prompts[i] or step == n:
+                kl[i] = completions[k]
+                break
+    return Dataset.from_dict({"prompt": prompts, "completion": completions, "label": labels, "kl_completion": kl})
+
+
+@dataclass
+class TokenizedColumns:
+    """Right-padded token tensors of prompt+completion for each completion column.
+
+    input_ids[col], attention_mask[col], completion_mask[col]: (N, T) int64.
+    labels: (N,) bool for unpaired data, else None.
+    """
+
+    input_ids: dict[str, Tensor]
+    attention_mask: dict[str, Tensor]
+    completion_mask: dict[str, Tensor]
+    labels: Tensor | None
+
+    def __len__(self) -> int:
+        return next(iter(self.input_ids.values())).shape[0]
+
+    def batch(self, idx: Tensor, device: torch.device) -> "TokenizedColumns":
+        """Rows ``idx``, trimmed to the longest real sequence of the batch, moved to ``device``."""
+        out: dict[str, dict[str, Tensor]] = {"input_ids": {}, "attention_mask": {}, "completion_mask": {}}
+        for col in self.input_ids:
+            am = self.attention_mask[col][idx]
+            t = int(am.sum(-1).max())
+            out["input_ids"][col] = self.input_ids[col][idx, :t].to(device, non_blocking=True)
+            out["attention_mask"][col] = am[:, :t].to(device, non_blocking=True)
+            out["completion_mask"][col] = self.completion_mask[col][idx, :t].to(device, non_blocking=True)
+        labels = self.labels[idx].to(device) if self.labels is not None else None
+        return TokenizedColumns(out["input_ids"], out["attention_mask"], out["completion_mask"], labels)
+
+
+def tokenize(ds: Any, fmt: str, tokenizer: Any, *, max_prompt_tokens: int = 512,
+             max_completion_tokens: int = 512) -> TokenizedColumns:
+    """Tokenize prompt and completion separately and concatenate (so the boundary is exact).
+
+    Long prompts keep their last ``max_prompt_tokens`` tokens, long completions their first
+    ``max_completion_tokens`` (the convention of TRL's preference trainers).
+    """
+    cols = FORMAT_COLUMNS[fmt]
+    prompt_ids = tokenizer(list(ds["prompt"]), add_special_tokens=False)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids_out, am_out, cm_out = {}, {}, {}
+    for col in cols:
+        comp_ids = tokenizer(list(ds[col]), add_special_tokens=False)["input_ids"]
+        seqs, masks = [], []
+        for p, c in zip(prompt_ids, comp_ids):
+            p, c = p[-max_prompt_tokens:], c[:max_completion_tokens]
+            if not c:
+                raise DataError(f"{col}: a completion tokenizes to zero tokens")
+            seqs.append(p + c)
+            masks.append([0] * len(p) + [1] * len(c))
+        t = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), t), pad, dtype=torch.long)
+        am = torch.zeros((len(seqs), t), dtype=torch.long)
+        cm = torch.zeros((len(seqs), t), dtype=torch.long)
+        for i, (s, m) in enumerate(zip(seqs, masks)):
+            ids[i, : len(s)] = torch.tensor(s)
+            am[i, : len(s)] = 1
+            cm[i, : len(s)] = torch.tensor(m)
+        ids_out[col], am_out[col], cm_out[col] = ids, am, cm
+    labels = torch.tensor(list(ds["label"]), dtype=torch.bool) if fmt == "unpaired" else None
+    return TokenizedColumns(ids_out, am_out, cm_out, labels)
+
+
+def format_dataset(preferences: Any, fmt: str, *, seed: int = 0) -> Any:
+    """The rows a method of data format ``fmt`` trains on, derived from the task's preference pairs."""
+    return unpair(preferences, seed=seed) if fmt == "unpaired" else preferences

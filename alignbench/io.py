@@ -1,0 +1,135 @@
+"""Atomic, checksummed file I/O: a folder never holds a half-written file that a reader would trust."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never a part
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    _atomic_write(Path(path), text.encode())
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(Path(path), data)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(o: Any) -> Any:
+    """Replace non-finite floats by None so that files stay strict JSON."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    return json.dumps(_clean(obj), default=_json_default, allow_nan=False, **kw)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    write_text(path, "".join(dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Save tensors with safetensors, atomically, with a sha256 sidecar (``<path>.sha256``)."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    path = Path(path)
+    write_bytes(path, data)
+    write_text(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest())
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """Load tensors saved by :func:`save_tensors`; None when missing or corrupted (hash mismatch)."""
+    from safetensors.torch import load
+
+    path = Path(path)
+    side = path.with_name(path.name + ".sha256")
+    if not path.exists() or not side.exists():
+        return None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != side.read_text().strip():
+        return None
+    try:
+        return load(data)
+    except Exception:  # a corrupted file whose sidecar was corrupted the same way
+        return None
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, blocking: bool = True) -> Iterator[bool]:
+    """An advisory lock (fcntl) held for the block; yields False when non-blocking and already held."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,42 @@
+"""Per-token log-probabilities: the one place they are computed (policy, reference, PPO, evaluation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
+    """log p(labels) under logits.
+
+    logits: (B, T, V) next-token logits aligned with labels (already shifted); labels: (B, T) int64.
+    Returns (B, T). Uses log_softmax + gather, which is exact and memory-light for small vocabularies.
+    """
+    return torch.gather(logits.float().log_softmax(-1), 2, labels.unsqueeze(-1)).squeeze(-1)
+
+
+@dataclass
+class SequenceLogps:
+    """sum: (B,) summed completion log-probs; count: (B,) completion tokens; tokens: (B, T-1) per token."""
+
+    sum: Tensor
+    count: Tensor
+    tokens: Tensor
+
+
+def sequence_logps(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor
+) -> SequenceLogps:
+    """Log-probability of the completion part of each sequence.
+
+    input_ids, attention_mask, completion_mask: (B, T); completion_mask is 1 on completion tokens.
+    Sequences are right-padded, so position ids are the default 0..T-1 for real tokens.
+    Token t is predicted from position t-1, hence the shift by one.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    logps = token_logps(logits[:, :-1], input_ids[:, 1:])
+    mask = completion_mask[:, 1:].to(logps.dtype)
+    per_token = logps * mask
+    return SequenceLogps(sum=per_token.sum(-1), count=mask.sum(-1), tokens=per_token)

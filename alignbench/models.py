@@ -1,0 +1,120 @@
+"""Models and tokenizers through transformers: tiny GPT-2s for embedded tasks, hub names or local paths."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import AlignbenchError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; 'cpu', 'cuda', 'cuda:1' force a device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AlignbenchError(f"device: '{name}' requested but CUDA is not available (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise AlignbenchError(f"device: unknown device '{name}' (auto, cpu, cuda, cuda:N)") from None
+
+
+def tiny_gpt2(vocab_size: int, n_positions: int, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
+              pad_token_id: int = 0, eos_token_id: int | None = None, seed: int = 0) -> nn.Module:
+    """A small GPT-2 built from a config (no download)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_layer=n_layer, n_embd=n_embd,
+                     n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     pad_token_id=pad_token_id, bos_token_id=eos_token_id if eos_token_id is not None else pad_token_id,
+                     eos_token_id=eos_token_id if eos_token_id is not None else pad_token_id)
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(cfg)
+
+
+def load_causal_lm(name_or_path: str | Path, *, what: str = "model", trust_remote_code: bool = False,
+                   dtype: torch.dtype | None = None) -> nn.Module:
+    """AutoModelForCausalLM.from_pretrained on a hub name or a local folder, with a one-line error."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code,
+                                                    dtype=dtype, use_safetensors=None)
+    except Exception as e:  # noqa: BLE001 - turn any loading failure into one line naming the source
+        raise AlignbenchError(_unreachable(what, name_or_path, e)) from None
+
+
+def load_tokenizer(name_or_path: str | Path, *, what: str = "tokenizer", trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise AlignbenchError(_unreachable(what, name_or_path, e)) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _unreachable(what: str, name: str | Path, err: Exception) -> str:
+    first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    return (f"{what}: cannot load '{name}' ({first}); download it where the hub is reachable and pass "
+            f"its local folder instead (e.g. --task-arg {what}=/path/to/local/copy)")
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's parameters (names, shapes, values): a cache key for its outputs."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def train_causal_lm(model: nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor, *, steps: int,
+                    batch_size: int, lr: float, seed: int, attention_mask: torch.Tensor | None = None,
+                    desc: str = "reference (MLE)") -> list[float]:
+    """Maximum-likelihood training of a causal LM on token tensors (N, T): the SFT step of every task.
+
+    loss_mask (N, T) is 1 on tokens whose likelihood is maximised (the next-token targets).
+    """
+    from .logprobs import token_logps
+
+    g = torch.Generator().manual_seed(seed)
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    model.train()
+    losses = []
+    dev = next(model.parameters()).device
+    for _ in tqdm(range(steps), desc=desc, leave=False, disable=os.environ.get("ALIGNBENCH_QUIET") == "1"):
+        idx = torch.randint(0, input_ids.shape[0], (batch_size,), generator=g)
+        ids, am, lm = input_ids[idx].to(dev), attention_mask[idx].to(dev), loss_mask[idx].to(dev)
+        logits = model(input_ids=ids, attention_mask=am, use_cache=False).logits
+        lp = token_logps(logits[:, :-1], ids[:, 1:])
+        m = lm[:, 1:].float()
+        loss = -(lp * m).sum() / m.sum().clamp_min(1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses

@@ -1,0 +1,201 @@
+"""One run: a (task, method, sweep value, seed) cell of a sweep, from config to ``summary.json``.
+
+Layout of a run folder ``DIR/runs/<run_id>/``:
+
+* ``config.json``  the resolved config (task, method, train, seed), written first;
+* ``metrics.jsonl`` one row per evaluation step (grouped names: ``train/``, ``eval/``, ``kl/``, ``reward/``);
+* ``eval_final.json`` per-prompt results of the final evaluation (for head-to-head win rates);
+* ``summary.json`` written last and atomically: its presence marks the run complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import io
+from .api import EvalResult, Method, TaskEnv
+from .config import TrainConfig, to_dict
+from .errors import TrainingFailure
+
+SUMMARY_KEYS = {  # summary.csv column <- final metric name
+    "kl": "kl/ref",
+    "kl_se": "kl/ref_se",
+    "reward": "reward/gold",
+    "reward_se": "reward/gold_se",
+    "win_rate_vs_ref": "winrate/vs_ref",
+    "win_rate_vs_ref_se": "winrate/vs_ref_se",
+    "entropy": "policy/entropy",
+    "length": "policy/length",
+    "frontier_gap": "exact/frontier_gap",
+    "kl_to_target": "kl/to_target",
+    "unseen_mass": "exact/unseen_mass",
+    "kl_is_bound": "kl/is_bound",
+}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class RunSpec:
+    """What identifies a run. ``run_id`` is readable plus a hash of the resolved config."""
+
+    task: str
+    method: str
+    seed: int
+    method_config: Any
+    task_config: Any
+    train: TrainConfig
+    run_id: str = ""
+
+    def resolved(self) -> dict[str, Any]:
+        return {"task": self.task, "method": self.method, "seed": self.seed,
+                "method_config": to_dict(self.method_config), "task_config": to_dict(self.task_config),
+                "train": to_dict(self.train)}
+
+
+class MetricsLogger:
+    """Collects evaluation rows; rewrites ``metrics.jsonl`` atomically on each row; optional trackers."""
+
+    def __init__(self, path: Path, report_to: tuple[str, ...] = (), run_name: str = "", config: dict | None = None):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self.trackers = []
+        for name in report_to:
+            from .tracking import make_tracker
+
+            self.trackers.append(make_tracker(name, path.parent, run_name, config or {}))
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        io.write_jsonl(self.path, self.rows)
+        for t in self.trackers:
+            t.log(row)
+
+    def close(self) -> None:
+        for t in self.trackers:
+            t.close()
+
+
+@dataclass
+class RunContext:
+    """What the harness hands a method's ``run``: the task, config, device, caches and logging."""
+
+    spec: RunSpec
+    run_dir: Path
+    env: TaskEnv
+    method: Method
+    device: torch.device
+    cache_dir: Path
+    logger: MetricsLogger
+    show_progress: bool = True
+    last_eval: EvalResult | None = None
+    extra_summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.spec.train
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    def target_beta(self) -> float | None:
+        """The beta whose optimal policy pi*_beta this run aims at (None for methods swept on another axis)."""
+        return float(self.method.config.beta) if self.method.sweep_param == "beta" else None
+
+    def log_eval(self, step: int, result: EvalResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        row = {"step": step, **(extra or {}), **result.metrics}
+        self.logger.log(row)
+        self.last_eval = result
+        return row
+
+    def evaluate(self, policy: nn.Module, step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Evaluate ``policy`` on the task (exactly or by sampling) and log one metrics row."""
+        result = self.env.evaluate(policy, beta=self.target_beta(), seed=self.seed)
+        return self.log_eval(step, result, extra)
+
+    def reward_model(self):
+        """The learned reward model for this task and seed (trained once, then loaded from the cache)."""
+        from .reward_model import get_reward_model
+
+        return get_reward_model(self.env, self.cache_dir, self.seed, self.device, show_progress=self.show_progress)
+
+    def check_finite(self, value: torch.Tensor, what: str, step: int) -> None:
+        if not torch.isfinite(value).all():
+            raise TrainingFailure(f"non-finite {what}", step)
+
+    def progress(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False, disable=not self.show_progress, dynamic_ncols=True)
+
+
+def summarize(spec: RunSpec, ctx: RunContext | None, status: str, reason: str, wall: float,
+              steps: int) -> dict[str, Any]:
+    """The run's one-row summary (the columns of summary.csv)."""
+    metrics = ctx.last_eval.metrics if ctx is not None and ctx.last_eval is not None else {}
+    row: dict[str, Any] = {
+        "run_id": spec.run_id, "task": spec.task, "method": spec.method,
+        "sweep_param": ctx.method.sweep_param if ctx else "beta",
+        "beta": float(getattr(spec.method_config, "beta", float("nan"))),
+        "sweep_value": float(getattr(spec.method_config, ctx.method.sweep_param)) if ctx else float("nan"),
+        "seed": spec.seed, "status": status, "reason": reason, "steps": steps, "wall_s": round(wall, 2),
+    }
+    for col, key in SUMMARY_KEYS.items():
+        if key in metrics:
+            row[col] = metrics[key]
+    if ctx is not None:
+        row.update(ctx.extra_summary)
+    return row
+
+
+def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, device: torch.device,
+            cache_dir: Path, report_to: tuple[str, ...] = (), show_progress: bool = True) -> dict[str, Any]:
+    """Run one spec to completion or failure; write ``summary.json`` last. Returns the summary row."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    io.write_json(run_dir / "config.json", spec.resolved())
+    seed_everything(spec.seed)
+    logger = MetricsLogger(run_dir / "metrics.jsonl", report_to, spec.run_id, spec.resolved())
+    ctx = RunContext(spec=spec, run_dir=run_dir, env=env, method=method, device=device, cache_dir=cache_dir,
+                     logger=logger, show_progress=show_progress)
+    t0 = time.perf_counter()
+    status, reason = "ok", ""
+    try:
+        method.run(ctx)
+        if ctx.last_eval is None:
+            raise TrainingFailure("the method never evaluated its policy", 0)
+    except TrainingFailure as e:
+        status, reason = "failed", f"{e.reason} at step {e.step}"
+    except Exception as e:  # noqa: BLE001 - one failed run must not stop the sweep
+        if os.environ.get("ALIGNBENCH_RAISE") == "1":
+            raise
+        status = "failed"
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        io.write_text(run_dir / "traceback.txt", traceback.format_exc())
+    finally:
+        logger.close()
+    steps = int(logger.rows[-1]["step"]) if logger.rows else 0
+    summary = summarize(spec, ctx, status, reason, time.perf_counter() - t0, steps)
+    if ctx.last_eval is not None and ctx.last_eval.per_prompt is not None:
+        io.write_json(run_dir / "eval_final.json", ctx.last_eval.per_prompt)
+    io.write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def is_finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

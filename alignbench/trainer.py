@@ -1,0 +1,229 @@
+"""The one training loop for every offline method (DPO, IPO, KTO and any paired/unpaired plugin).
+
+Per step: one concatenated forward of all completion columns of the batch (chosen and rejected,
+or completion and its mismatched KL completion) through the policy; reference log-probs come from
+a cache computed once per (task, data, reference model) and shared by every method and beta of a
+sweep; the method turns the log-probs into a loss; AdamW with linear warmup, gradient clipping,
+periodic evaluation (the task's exact or sampled metrics plus held-out preference metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from . import io
+from .api import FORMAT_COLUMNS, LogpBatch, OfflineMethod, TaskEnv
+from .config import stable_hash
+from .data import TokenizedColumns, format_dataset, tokenize, validate_rows
+from .errors import AlignbenchError
+from .logprobs import sequence_logps
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runner import RunContext
+
+EVAL_CHUNK = 256
+
+
+@dataclass
+class PreparedSplit:
+    """A split in one data format: token tensors plus cached reference log-probs per column."""
+
+    tokens: TokenizedColumns
+    ref_logps: dict[str, Tensor]  # col -> (N,) summed reference log-probs (CPU, float32)
+    lengths: dict[str, Tensor]  # col -> (N,) completion token counts
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+_PREPARED: dict[str, PreparedSplit] = {}  # in-process memo: every run of a sweep shares one copy
+
+
+def _dataset_hash(ds) -> str:
+    h = hashlib.sha256()
+    for col in sorted(ds.column_names):
+        h.update(col.encode())
+        h.update(json.dumps(list(ds[col]), default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def concat_forward(model: nn.Module, batch: TokenizedColumns) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Summed completion log-probs per column from ONE forward over all columns stacked on the batch axis.
+
+    Columns are right-padded to a common length first. Returns (logps[col] (B,), lengths[col] (B,)).
+    """
+    cols = list(batch.input_ids)
+    t = max(batch.input_ids[c].shape[1] for c in cols)
+
+    def stack(d: dict[str, Tensor]) -> Tensor:
+        return torch.cat([torch.nn.functional.pad(d[c], (0, t - d[c].shape[1])) for c in cols])
+
+    out = sequence_logps(model, stack(batch.input_ids), stack(batch.attention_mask), stack(batch.completion_mask))
+    b = batch.input_ids[cols[0]].shape[0]
+    return ({c: out.sum[i * b:(i + 1) * b] for i, c in enumerate(cols)},
+            {c: out.count[i * b:(i + 1) * b] for i, c in enumerate(cols)})
+
+
+@torch.no_grad()
+def score_all(model: nn.Module, tokens: TokenizedColumns, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Summed log-probs of every row and column (chunked, no grad), on the CPU."""
+    logps: dict[str, list[Tensor]] = {c: [] for c in tokens.input_ids}
+    lens: dict[str, list[Tensor]] = {c: [] for c in tokens.input_ids}
+    for start in range(0, len(tokens), EVAL_CHUNK):
+        idx = torch.arange(start, min(start + EVAL_CHUNK, len(tokens)))
+        lp, ln = concat_forward(model, tokens.batch(idx, device))
+        for c in lp:
+            logps[c].append(lp[c].float().cpu())
+            lens[c].append(ln[c].float().cpu())
+    return {c: torch.cat(v) for c, v in logps.items()}, {c: torch.cat(v) for c, v in lens.items()}
+
+
+def prepare(env: TaskEnv, fmt: str, split: str, cache_dir: Path, device: torch.device, *, seed: int = 0) -> PreparedSplit:
+    """Tokenize a split in format ``fmt`` and attach reference log-probs, cached on disk.
+
+    The cache key covers the task fingerprint (its config and reference weights), the data rows and
+    the format, so every method and every beta of a sweep reuses the same reference log-probs.
+    A corrupted cache file (sha256 mismatch) is recomputed, never used.
+    """
+    if env.preferences is None or split not in env.preferences:
+        raise AlignbenchError(f"preferences: task '{env.task_name}' has no '{split}' preference data")
+    ds = format_dataset(env.preferences[split], fmt, seed=seed)
+    key = stable_hash({"task": env.fingerprint, "fmt": fmt, "split": split, "rows": _dataset_hash(ds)}, n=20)
+    if key in _PREPARED:
+        return _PREPARED[key]
+    validate_rows(ds, fmt, split=split)
+    tokens = tokenize(ds, fmt, env.tokenizer)
+    path = Path(cache_dir) / "reflogps" / f"{key}.safetensors"
+    with io.file_lock(path.with_suffix(".lock")):
+        cached = io.load_tensors(path)
+        if cached is None:
+            ref = env.reference.to(device)
+            logps, lens = score_all(ref, tokens, device)
+            io.save_tensors(path, {**{f"logp.{c}": v for c, v in logps.items()},
+                                   **{f"len.{c}": v for c, v in lens.items()}})
+        else:
+            logps = {c: cached[f"logp.{c}"] for c in FORMAT_COLUMNS[fmt]}
+            lens = {c: cached[f"len.{c}"] for c in FORMAT_COLUMNS[fmt]}
+    prepared = PreparedSplit(tokens, logps, lens)
+    _PREPARED[key] = prepared
+    return prepared
+
+
+def clear_memo() -> None:
+    _PREPARED.clear()
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator):
+    """Endless shuffled mini-batches of row indices (each epoch is a fresh permutation)."""
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            yield perm[start:start + batch_size]
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the peak lr, then constant (the DPO reference code's schedule)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
+
+
+@torch.no_grad()
+def preference_metrics(method: OfflineMethod, policy: nn.Module, data: PreparedSplit, pairs: PreparedSplit,
+                       device: torch.device, prefix: str) -> dict[str, float]:
+    """Held-out (or train) loss of the method on its own format, and implicit-reward diagnostics on pairs.
+
+    ``{prefix}/loss``: the method's loss; ``{prefix}/implicit_acc``: share of pairs whose chosen log-ratio
+    exceeds the rejected one; ``logratio/chosen`` and ``logratio/rejected``: mean log pi/pi_ref.
+    """
+    was = policy.training
+    policy.eval()
+    lp, _ = score_all(policy, data.tokens, device)
+    labels = data.tokens.labels
+    out = method.compute_loss(LogpBatch(policy=lp, reference=data.ref_logps, lengths=data.lengths, labels=labels))
+    plp, _ = score_all(policy, pairs.tokens, device)
+    lr_c = plp["chosen"] - pairs.ref_logps["chosen"]
+    lr_r = plp["rejected"] - pairs.ref_logps["rejected"]
+    if was:
+        policy.train()
+    res = {f"{prefix}/loss": float(out.loss), f"{prefix}/implicit_acc": float((lr_c > lr_r).float().mean())}
+    if prefix == "eval":
+        res.update({"logratio/chosen": float(lr_c.mean()), "logratio/rejected": float(lr_r.mean()),
+                    "logratio/margin": float((lr_c - lr_r).mean())})
+    return res
+
+
+def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
+    """Train ``ctx``'s policy with ``method``'s loss; evaluate at step 0, every eval_every steps and at the end."""
+    env, tc, device = ctx.env, ctx.train, ctx.device
+    fmt = method.data_format
+    train = prepare(env, fmt, "train", ctx.cache_dir, device)
+    held_out = prepare(env, fmt, "eval", ctx.cache_dir, device)
+    pairs_eval = prepare(env, "paired", "eval", ctx.cache_dir, device)
+    # a fixed subset of the training data for the train-side diagnostics (same size as held-out)
+    n_probe = min(len(train), len(held_out))
+    train_probe = _subset(train, torch.arange(n_probe))
+    pairs_train = _subset(prepare(env, "paired", "train", ctx.cache_dir, device), torch.arange(min(n_probe, len(env.preferences["train"]))))
+
+    policy = env.make_policy().to(device)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = warmup_schedule(optimizer, tc.warmup_steps)
+    gen = torch.Generator().manual_seed(ctx.seed)
+    stream = batches(len(train), min(tc.batch_size, len(train)), gen)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+
+    def evaluate(step: int, running: dict[str, list[float]]) -> None:
+        extra = {k: sum(v) / len(v) for k, v in running.items() if v}
+        extra.update(preference_metrics(method, policy, held_out, pairs_eval, device, "eval"))
+        extra.update(preference_metrics(method, policy, train_probe, pairs_train, device, "train"))
+        ctx.evaluate(policy, step, extra)
+        running.clear()
+
+    running: dict[str, list[float]] = {}
+    evaluate(0, running)  # the reference itself: where every reward-vs-KL path starts
+    bar = ctx.progress(tc.steps, f"{method.name} {method.sweep_param}={method.sweep_value:g}")
+    for step in range(1, tc.steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        for _ in range(tc.grad_accum):
+            idx = next(stream)
+            batch = train.tokens.batch(idx, device)
+            with autocast:
+                logps, lengths = concat_forward(policy, batch)
+            out = method.compute_loss(LogpBatch(
+                policy=logps,
+                reference={c: v[idx].to(device) for c, v in train.ref_logps.items()},
+                lengths=lengths,
+                labels=batch.labels,
+            ))
+            ctx.check_finite(out.loss, "loss", step)
+            (out.loss / tc.grad_accum).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.max_grad_norm)
+        ctx.check_finite(grad_norm, "gradient norm", step)
+        optimizer.step()
+        scheduler.step()
+
+        running.setdefault("train/batch_loss", []).append(out.loss.item())
+        running.setdefault("train/grad_norm", []).append(grad_norm.item())
+        for k, v in out.metrics.items():
+            running.setdefault(k, []).append(float(v))
+        bar.update(1)
+        if step % tc.eval_every == 0 or step == tc.steps:
+            evaluate(step, running)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in ctx.logger.rows[-1].items()
+                             if k in ("reward/gold", "kl/ref")})
+    bar.close()
+
+
+def _subset(split: PreparedSplit, idx: Tensor) -> PreparedSplit:
+    t = split.tokens
+    tokens = TokenizedColumns({c: v[idx] for c, v in t.input_ids.items()},
+                              {c: v[idx] for c, v in t.attention_mask.items()},
+                              {c: v[idx] for c, v in t.completion_mask.items()},
+                              t.labels[idx] if t.labels is not None else None)
+    return PreparedSplit(tokens, {c: v[idx] for c, v in split.ref_logps.items()},
+                         {c: v[idx] for c, v in split.lengths.items()})
