@@ -147,6 +147,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .models import quiet_transformers
+
+    quiet_transformers()
     try:
         {"list": cmd_list, "sweep": cmd_sweep, "report": cmd_report}[args.command](args)
     except AlignbenchError as e:

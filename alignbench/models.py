@@ -15,6 +15,19 @@ from tqdm.auto import tqdm
 from .errors import AlignbenchError
 
 
+def progress_disabled(show: bool = True) -> bool | None:
+    """tqdm's ``disable``: off when asked or under ALIGNBENCH_QUIET=1, else None (= hide when not a terminal)."""
+    return True if (not show or os.environ.get("ALIGNBENCH_QUIET") == "1") else None
+
+
+def quiet_transformers() -> None:
+    """Hide transformers' own progress bars and info logs (weight loading, shard writing)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def select_device(name: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else CPU; 'cpu', 'cuda', 'cuda:1' force a device."""
     if name == "auto":
@@ -103,7 +116,7 @@ def train_causal_lm(model: nn.Module, input_ids: torch.Tensor, loss_mask: torch.
     model.train()
     losses = []
     dev = next(model.parameters()).device
-    for _ in tqdm(range(steps), desc=desc, leave=False, disable=os.environ.get("ALIGNBENCH_QUIET") == "1"):
+    for _ in tqdm(range(steps), desc=desc, leave=False, disable=progress_disabled()):
         idx = torch.randint(0, input_ids.shape[0], (batch_size,), generator=g)
         ids, am, lm = input_ids[idx].to(dev), attention_mask[idx].to(dev), loss_mask[idx].to(dev)
         logits = model(input_ids=ids, attention_mask=am, use_cache=False).logits

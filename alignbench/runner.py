@@ -142,7 +142,9 @@ class RunContext:
     def progress(self, total: int, desc: str):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, leave=False, disable=not self.show_progress, dynamic_ncols=True)
+        from .models import progress_disabled
+
+        return tqdm(total=total, desc=desc, leave=False, disable=progress_disabled(self.show_progress), dynamic_ncols=True)
 
 
 def summarize(spec: RunSpec, ctx: RunContext | None, status: str, reason: str, wall: float,

@@ -104,6 +104,8 @@ def _compatible(method_cls: type[Method], task_cls: type[Task]) -> str | None:
 def plan(cfg: SweepConfig) -> Plan:
     """Resolve every run of the sweep (configs built and validated; nothing written)."""
     load_plugins(list(cfg.plugins))
+    for name in cfg.tasks:
+        get_task(name)
     for name in cfg.grid:
         get_method(name)
     for name in cfg.method_args:

@@ -1,0 +1,337 @@
+"""Sampled evaluation shared by every non-exact task: gold reward, KL to the reference, win rate.
+
+:class:`SampledTaskEnv` is the base class of task environments whose response space cannot be
+enumerated. ``evaluate(policy)`` draws ``n_eval_samples`` completions per held-out prompt from the
+policy (seeded, at the task's temperature) and reports, each with a standard error over prompts:
+
+* ``reward/gold``      mean gold reward of the policy's samples;
+* ``kl/ref``           KL(pi || pi_ref) estimated from the policy's own samples by k1: the mean of the
+                       summed per-token log-ratio ``sum_t log pi(y_t|.) - log pi_ref(y_t|.)`` (unbiased);
+* ``kl/ref_k3``        the k3 estimator ``sum_t (rho_t - 1 - log rho_t)``, rho_t = pi_ref/pi per token
+                       (also unbiased for the sequence KL, never negative, lower variance);
+* ``winrate/vs_ref``   P(gold reward of a policy sample > that of a reference sample for the same
+                       prompt), ties counting one half, averaged over all n x m sample pairs per prompt;
+* ``policy/entropy``   mean of ``-sum_t log pi(y_t|.)`` over the samples (a sampled sequence entropy);
+* ``policy/length``    mean number of completion tokens (the end token included when generated).
+
+Standard errors treat prompts as the unit: samples are averaged within a prompt, and the SE is the
+standard deviation of the per-prompt means over sqrt(number of prompts).
+
+At a temperature T != 1 the sampled distributions are the temperature-scaled policies, so log-probs are
+taken from logits / T for both the policy and the reference: the KL reported is KL(pi_T || pi_ref,T),
+between the distributions that are actually sampled.
+
+The reference's own samples (for win rates) are drawn once per (seed, temperature) and cached on
+the env, so evaluating many checkpoints does not resample the reference. Evaluation runs inside
+``torch.random.fork_rng``: it never disturbs the caller's random state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .api import EvalResult, GenerationSpec, TaskEnv
+from .generation import Samples, sample
+from .logprobs import sequence_logps
+
+KL_ESTIMATOR = ("sampled: k1 = mean over policy samples of the summed per-token log-ratio "
+                "log pi - log pi_ref (unbiased); k3 reported as kl/ref_k3")
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A 31-bit seed derived from ``seed`` and labels (independent streams for policy / reference)."""
+    blob = repr((int(seed), *parts)).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def mean_se(per_unit: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of per-unit values (SE = std(ddof=1) / sqrt(n); NaN with < 2 units)."""
+    x = np.asarray(per_unit, dtype=np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    m = float(x.mean())
+    if x.size < 2:
+        return m, float("nan")
+    return m, float(x.std(ddof=1) / math.sqrt(x.size))
+
+
+def pairwise_win_rate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-unit win rate of ``a`` over ``b``: (U, n) and (U, m) -> (U,).
+
+    Every sample of ``a`` is compared with every sample of ``b`` of the same unit; a tie counts 1/2.
+    """
+    a = np.asarray(a, dtype=np.float64)[:, :, None]
+    b = np.asarray(b, dtype=np.float64)[:, None, :]
+    return ((a > b) + 0.5 * (a == b)).mean(axis=(1, 2))
+
+
+def right_pad(samples: Samples, pad_token_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Re-pack left-padded prompt + completion samples as right-padded sequences.
+
+    :func:`~alignbench.logprobs.sequence_logps` assumes right padding (default position ids); sampled
+    rows have left-padded prompts, so each row's real tokens are moved to the front.
+    Returns input_ids, attention_mask, completion_mask, each (B, T) with T the longest real row.
+    """
+    am = samples.attention_mask.bool()
+    lengths = am.sum(-1)
+    t = int(lengths.max()) if len(lengths) else 0
+    b = samples.input_ids.shape[0]
+    ids = torch.full((b, t), pad_token_id, dtype=samples.input_ids.dtype, device=samples.input_ids.device)
+    attn = torch.zeros((b, t), dtype=torch.long, device=ids.device)
+    comp = torch.zeros((b, t), dtype=torch.long, device=ids.device)
+    # stable sort puts the real tokens first while keeping their order
+    order = torch.sort((~am).long(), dim=-1, stable=True).indices[:, :t]
+    ids[:] = torch.gather(samples.input_ids, 1, order)
+    attn[:] = torch.gather(am.long(), 1, order)
+    comp[:] = torch.gather(samples.completion_mask.long(), 1, order)
+    ids = torch.where(attn.bool(), ids, torch.full_like(ids, pad_token_id))
+    return ids, attn, comp * attn
+
+
+class _Tempered(nn.Module):
+    """A view of a causal LM whose logits are divided by a temperature (for log-probs at T != 1)."""
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+
+    def forward(self, **kwargs: Any) -> Any:
+        out = self.model(**kwargs)
+        return SimpleNamespace(logits=out.logits / self.temperature)
+
+
+@torch.no_grad()
+def batched_sequence_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                           completion_mask: Tensor, *, temperature: float = 1.0,
+                           batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+    """Summed completion log-probs (B,), per-token log-probs (B, T-1) and token counts (B,) on CPU.
+
+    Uses the shared :func:`sequence_logps`, in chunks of ``batch_size`` rows, in eval mode (the
+    model's train/eval state is restored). Logits are divided by ``temperature`` when it is not 1.
+    """
+    was_training = model.training
+    model.eval()
+    scored = model if temperature in (0, 1.0) else _Tempered(model, temperature)
+    dev = next(model.parameters()).device
+    sums, toks, counts = [], [], []
+    try:
+        for s in range(0, input_ids.shape[0], batch_size):
+            am = attention_mask[s:s + batch_size]
+            t = max(int(am.sum(-1).max()), 2)
+            out = sequence_logps(scored, input_ids[s:s + batch_size, :t].to(dev), am[:, :t].to(dev),
+                                 completion_mask[s:s + batch_size, :t].to(dev))
+            tok = torch.zeros((am.shape[0], input_ids.shape[1] - 1), dtype=torch.float32)
+            tok[:, : out.tokens.shape[1]] = out.tokens.float().cpu()
+            sums.append(out.sum.float().cpu())
+            toks.append(tok)
+            counts.append(out.count.float().cpu())
+    finally:
+        if was_training:
+            model.train()
+    return torch.cat(sums), torch.cat(toks), torch.cat(counts)
+
+
+@dataclass
+class PolicySamples:
+    """Samples of one model on a list of unique prompts, n per prompt, with their statistics.
+
+    rewards, logp, logp_ref, k3, lengths: (P, n) arrays (logp / logp_ref / k3 only where computed);
+    texts: P lists of n completion texts (special tokens dropped).
+    """
+
+    prompts: list[str]
+    texts: list[list[str]]
+    rewards: np.ndarray
+    lengths: np.ndarray
+    logp: np.ndarray | None = None
+    logp_ref: np.ndarray | None = None
+    k3: np.ndarray | None = None
+
+
+class SampledTaskEnv(TaskEnv):
+    """Base of non-exact task environments: sampled metrics with standard errors.
+
+    Subclasses set the :class:`~alignbench.api.TaskEnv` attributes (through ``__init__``) and
+    implement :meth:`gold_reward`; ``evaluate`` and ``evaluate_samples`` come from here.
+    """
+
+    exact = False
+    kl_estimator = KL_ESTIMATOR
+
+    def __init__(self, *, task_name: str, tokenizer: Any, reference: nn.Module, reference_dir: Path,
+                 preferences: Any, prompts: dict[str, list[str]], generation: GenerationSpec,
+                 fingerprint: str, n_eval_samples: int = 8, eval_batch_size: int = 256,
+                 n_example_completions: int = 2):
+        self.task_name = task_name
+        self.tokenizer = tokenizer
+        self.reference = reference
+        self.reference_dir = Path(reference_dir)
+        self.preferences = preferences
+        self.prompts = prompts
+        self.generation = generation
+        self.fingerprint = fingerprint
+        self.n_eval_samples = int(n_eval_samples)
+        self.eval_batch_size = int(eval_batch_size)
+        self.n_example_completions = int(n_example_completions)
+        self._ref_cache: dict[tuple, PolicySamples] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ sampling
+
+    @property
+    def temperature(self) -> float:
+        return float(self.generation.temperature)
+
+    def _pad_id(self) -> int:
+        pad = self.generation.pad_token_id
+        return int(pad if pad is not None else 0)
+
+    def draw(self, model: nn.Module, prompts: Sequence[str], n: int, *, seed: int,
+             score_logps: bool = False) -> PolicySamples:
+        """``n`` completions per prompt from ``model`` (seeded; the global RNG state is preserved).
+
+        With ``score_logps`` the samples' log-probs under ``model`` and the reference are computed too.
+        """
+        prompts = list(prompts)
+        rep = [p for p in prompts for _ in range(n)]
+        dev = next(model.parameters()).device
+        fork_devices = [dev.index or 0] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork_devices):
+            smp = sample(model, self.tokenizer, rep, self.generation, temperature=self.temperature,
+                         generator_seed=seed, max_batch=self.eval_batch_size)
+        rewards = self.gold_reward(rep, smp.texts).detach().float().cpu().numpy()
+        lengths = smp.lengths.float().cpu().numpy()
+        texts = [smp.texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+        out = PolicySamples(prompts, texts, rewards.reshape(len(prompts), n), lengths.reshape(len(prompts), n))
+        if score_logps:
+            ids, am, cm = right_pad(smp, self._pad_id())
+            t = self.temperature if self.temperature > 0 else 1.0
+            lp, lp_tok, _ = batched_sequence_logps(model, ids, am, cm, temperature=t, batch_size=self.eval_batch_size)
+            lr, lr_tok, _ = batched_sequence_logps(self.reference, ids, am, cm, temperature=t,
+                                                   batch_size=self.eval_batch_size)
+            # per-token k3 summed over the completion: E[rho_t - 1 | prefix] = 0 under pi, so the sum
+            # is an unbiased, non-negative estimate of the sequence KL (masked positions give 0)
+            log_rho = (lr_tok - lp_tok).double()
+            k3 = (torch.expm1(log_rho) - log_rho).sum(-1)
+            out.logp = lp.double().numpy().reshape(len(prompts), n)
+            out.logp_ref = lr.double().numpy().reshape(len(prompts), n)
+            out.k3 = k3.numpy().reshape(len(prompts), n)
+        return out
+
+    def reference_samples(self, seed: int = 0, prompts: Sequence[str] | None = None) -> PolicySamples:
+        """The reference's ``n_eval_samples`` completions per prompt (eval prompts by default), cached
+        per (seed, temperature, prompts)."""
+        prompts = list(self.prompts["eval"] if prompts is None else prompts)
+        key = (int(seed), self.temperature, self.n_eval_samples, tuple(prompts))
+        with self._lock:
+            hit = self._ref_cache.get(key)
+        if hit is not None:
+            return hit
+        ref = self.draw(self.reference, prompts, self.n_eval_samples, seed=derive_seed(seed, "reference"))
+        with self._lock:
+            self._ref_cache[key] = ref
+        return ref
+
+    # ------------------------------------------------------------------ metrics
+
+    def evaluate(self, policy: nn.Module, *, beta: float | None = None, seed: int = 0) -> EvalResult:
+        prompts = list(self.prompts["eval"])
+        pol = self.draw(policy, prompts, self.n_eval_samples, seed=derive_seed(seed, "policy"), score_logps=True)
+        ref = self.reference_samples(seed)
+        log_ratio = pol.logp - pol.logp_ref
+        per_kl = log_ratio.mean(1)
+        metrics: dict[str, float] = {}
+        self._put(metrics, "reward/gold", pol.rewards.mean(1))
+        self._put(metrics, "kl/ref", per_kl)
+        self._put(metrics, "kl/ref_k3", pol.k3.mean(1))
+        per_win = pairwise_win_rate(pol.rewards, ref.rewards)
+        self._put(metrics, "winrate/vs_ref", per_win)
+        self._put(metrics, "policy/entropy", (-pol.logp).mean(1))
+        self._put(metrics, "policy/length", pol.lengths.mean(1))
+        metrics["reward/ref"] = float(ref.rewards.mean())
+        metrics["kl/is_bound"] = 0.0
+        if beta is not None:
+            metrics["reward/kl_penalized"] = metrics["reward/gold"] - float(beta) * metrics["kl/ref"]
+        per_prompt = {
+            "prompts": prompts,
+            "reward": pol.rewards.mean(1).tolist(),
+            "kl": per_kl.tolist(),
+            "winrate": per_win.tolist(),
+            "completions": [t[: self.n_example_completions] for t in pol.texts],
+        }
+        return EvalResult(metrics=metrics, per_prompt=per_prompt)
+
+    def evaluate_samples(self, prompts: Sequence[str], completions: Sequence[str], *, kl: float | None = None,
+                         kl_se: float | None = None, kl_is_bound: bool = False,
+                         lengths: Sequence[float] | None = None, seed: int = 0) -> EvalResult:
+        """Metrics of a policy given only as samples (e.g. best-of-N): prompts[i] -> completions[i].
+
+        Samples are grouped by prompt (several per prompt allowed); the gold reward and the win rate
+        against the reference's cached samples for the same prompts are computed here; ``kl`` (and
+        ``kl_se``) are passed through, with ``kl/is_bound`` = 1.0 when ``kl`` is only an upper bound
+        (e.g. the analytic best-of-N value). ``lengths`` default to the token count of each text.
+        """
+        prompts, completions = list(prompts), list(completions)
+        if len(prompts) != len(completions) or not prompts:
+            raise ValueError("evaluate_samples: prompts and completions must be non-empty and of equal length")
+        rewards = self.gold_reward(prompts, completions).detach().float().cpu().numpy().astype(np.float64)
+        if lengths is None:
+            ids = self.tokenizer(completions, add_special_tokens=False)["input_ids"]
+            lens = np.array([len(x) for x in ids], dtype=np.float64)
+        else:
+            lens = np.asarray(lengths, dtype=np.float64)
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(p, []).append(i)
+        uniq = list(groups)
+        ref = self.reference_samples(seed, uniq if set(uniq) - set(self.prompts["eval"]) else None)
+        ref_rows = {p: i for i, p in reversed(list(enumerate(ref.prompts)))}
+        per_reward = np.array([rewards[groups[p]].mean() for p in uniq])
+        per_len = np.array([lens[groups[p]].mean() for p in uniq])
+        per_win = np.array([pairwise_win_rate(rewards[groups[p]][None], ref.rewards[ref_rows[p]][None])[0]
+                            for p in uniq])
+        metrics: dict[str, float] = {}
+        self._put(metrics, "reward/gold", per_reward)
+        self._put(metrics, "winrate/vs_ref", per_win)
+        self._put(metrics, "policy/length", per_len)
+        metrics["reward/ref"] = float(np.mean([ref.rewards[ref_rows[p]].mean() for p in uniq]))
+        if kl is not None:
+            metrics["kl/ref"] = float(kl)
+            if kl_se is not None:
+                metrics["kl/ref_se"] = float(kl_se)
+        metrics["kl/is_bound"] = 1.0 if kl_is_bound else 0.0
+        per_prompt = {
+            "prompts": uniq,
+            "reward": per_reward.tolist(),
+            "winrate": per_win.tolist(),
+            "completions": [[completions[i] for i in groups[p][: self.n_example_completions]] for p in uniq],
+        }
+        return EvalResult(metrics=metrics, per_prompt=per_prompt)
+
+    @staticmethod
+    def _put(metrics: dict[str, float], key: str, per_prompt: np.ndarray) -> None:
+        m, se = mean_se(per_prompt)
+        metrics[key] = m
+        metrics[key + "_se"] = se
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kl_estimator": self.kl_estimator,
+            "reward_estimator": "mean gold reward of policy samples; SE over prompts (per-prompt means)",
+            "winrate": "policy sample vs reference sample of the same prompt, all n x n pairs, ties = 1/2",
+            "temperature": self.temperature,
+            "n_eval_prompts": len(self.prompts["eval"]),
+            "n_eval_samples": self.n_eval_samples,
+            "max_new_tokens": self.generation.max_new_tokens,
+        }

@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny exact task (built once per test session into a temp cache)."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("ALIGNBENCH_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A small exact task: 4 prompts x 4^3 = 64 responses, a 1-layer reference; builds in a few seconds.
+TINY_EXACT = {"num_prompts": 4, "vocab_size": 4, "length": 3, "n_layer": 1, "n_embd": 32, "n_head": 2,
+              "pretrain_steps": 60, "num_train_pairs": 256, "num_eval_pairs": 64}
+TINY_TRAIN = {"steps": 6, "batch_size": 16, "eval_every": 3, "warmup_steps": 2}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("alignbench-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_exact_env(cache_dir):
+    import torch
+
+    from alignbench.config import from_mapping
+    from alignbench.registry import get_task
+
+    task_cls = get_task("exact")
+    task = task_cls(from_mapping(task_cls.config_cls, TINY_EXACT))
+    return task.setup(cache_dir, torch.device("cpu"))
