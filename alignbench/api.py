@@ -188,6 +188,11 @@ class TaskEnv(ABC):
         """The optimal reward-vs-KL frontier (columns beta, kl, reward) where it is known."""
         return None
 
+    def artifacts(self) -> dict[str, Any]:
+        """Arrays saved once per sweep as ``DIR/task_<task>.npz`` (e.g. the exact task's reward table),
+        so that per-run files stay small and the report can be rebuilt from the files alone."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """Facts for the report (sizes, estimators, temperature)."""
         return {"kl_estimator": self.kl_estimator}

@@ -220,7 +220,7 @@ class TrainConfig:
     eval_every: int = param(25, "evaluate every this many steps (and at the last step)")
     grad_accum: int = param(1, "gradient accumulation steps per optimizer step")
     precision: str = param("fp32", "fp32 or bf16 (mixed precision where the device supports it)")
-    checkpoint_every: int = param(0, "save a resumable checkpoint every this many steps (0: never)")
+    checkpoint_every: int = param(100, "save a resumable checkpoint every this many steps (0: never)")
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps, 1)

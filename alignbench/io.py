@@ -81,6 +81,34 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+def save_arrays(path: str | Path, arrays: dict[str, Any]) -> None:
+    """Save a dict of arrays (lists, tensors, strings) as a compressed .npz, atomically.
+
+    Floating arrays are stored as float32: per-prompt results are for tables and bootstraps, and the
+    exact task's log-prob tables would otherwise dominate the results folder.
+    """
+    import io as _io
+
+    import numpy as np
+
+    out = {}
+    for k, v in arrays.items():
+        a = np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
+        out[k] = a.astype(np.float32) if a.dtype.kind == "f" else a
+    buf = _io.BytesIO()
+    np.savez_compressed(buf, **out)
+    write_bytes(path, buf.getvalue())
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line with a single O_APPEND write (provenance logs such as a run's attempts)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode())
+    finally:
+        os.close(fd)
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

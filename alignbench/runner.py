@@ -10,8 +10,10 @@ Layout of a run folder ``DIR/runs/<run_id>/``:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import platform
 import random
 import time
 import traceback
@@ -25,7 +27,7 @@ from torch import nn
 
 from . import io
 from .api import EvalResult, Method, TaskEnv
-from .config import TrainConfig, to_dict
+from .config import TrainConfig, stable_hash, to_dict
 from .errors import TrainingFailure
 
 SUMMARY_KEYS = {  # summary.csv column <- final metric name
@@ -135,6 +137,49 @@ class RunContext:
 
         return get_reward_model(self.env, self.cache_dir, self.seed, self.device, show_progress=self.show_progress)
 
+    # ---------------------------------------------------------------- checkpoints (resumable runs)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def save_checkpoint(self, step: int, modules: dict[str, Any], extra: dict[str, Any]) -> None:
+        """Atomically save everything needed to continue at ``step`` exactly as if never interrupted."""
+        import io as _io
+
+        state = {"step": step, "config_hash": stable_hash(self.spec.resolved()),
+                 "modules": {k: m.state_dict() for k, m in modules.items()}, "extra": extra,
+                 "rows": self.logger.rows, "torch_rng": torch.get_rng_state()}
+        buf = _io.BytesIO()
+        torch.save(state, buf)
+        io.write_bytes(self.checkpoint_path, buf.getvalue())
+        io.write_text(self.checkpoint_path.with_suffix(".sha256"), hashlib.sha256(buf.getvalue()).hexdigest())
+
+    def resume(self, modules: dict[str, Any], extra: dict[str, Any]) -> int:
+        """Restore the last checkpoint of this run into ``modules``; returns its step (0 if none or unusable).
+
+        Loaded with ``torch.load(weights_only=True)``; a checkpoint whose hash or config does not match is ignored.
+        """
+        path, side = self.checkpoint_path, self.checkpoint_path.with_suffix(".sha256")
+        if not (path.exists() and side.exists()):
+            return 0
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != side.read_text().strip():
+            return 0
+        import io as _io
+
+        state = torch.load(_io.BytesIO(data), weights_only=True, map_location="cpu")
+        if state.get("config_hash") != stable_hash(self.spec.resolved()):
+            return 0
+        for k, m in modules.items():
+            m.load_state_dict(state["modules"][k])
+        extra.clear()
+        extra.update(state["extra"])
+        self.logger.rows = list(state["rows"])
+        io.write_jsonl(self.logger.path, self.logger.rows)
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["step"])
+
     def check_finite(self, value: torch.Tensor, what: str, step: int) -> None:
         if not torch.isfinite(value).all():
             raise TrainingFailure(f"non-finite {what}", step)
@@ -170,6 +215,8 @@ def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, devic
             cache_dir: Path, report_to: tuple[str, ...] = (), show_progress: bool = True) -> dict[str, Any]:
     """Run one spec to completion or failure; write ``summary.json`` last. Returns the summary row."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    io.append_line(run_dir / "attempts.jsonl", io.dumps({"pid": os.getpid(), "host": platform.node(),
+                                                         "started": time.time()}))
     io.write_json(run_dir / "config.json", spec.resolved())
     seed_everything(spec.seed)
     logger = MetricsLogger(run_dir / "metrics.jsonl", report_to, spec.run_id, spec.resolved())
@@ -194,8 +241,10 @@ def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, devic
     steps = int(logger.rows[-1]["step"]) if logger.rows else 0
     summary = summarize(spec, ctx, status, reason, time.perf_counter() - t0, steps)
     if ctx.last_eval is not None and ctx.last_eval.per_prompt is not None:
-        io.write_json(run_dir / "eval_final.json", ctx.last_eval.per_prompt)
+        io.save_arrays(run_dir / "eval_final.npz", ctx.last_eval.per_prompt)
     io.write_json(run_dir / "summary.json", summary)
+    for leftover in (ctx.checkpoint_path, ctx.checkpoint_path.with_suffix(".sha256")):
+        leftover.unlink(missing_ok=True)  # the run is complete: its checkpoint is no longer needed
     return summary
 
 

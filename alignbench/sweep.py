@@ -186,10 +186,13 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
         env = None
         if pending or not (out / f"frontier_{tname}.csv").exists():
             env = task.setup(cache_dir, device)
+            out.mkdir(parents=True, exist_ok=True)
             frontier = env.frontier()
             if frontier is not None:
-                out.mkdir(parents=True, exist_ok=True)
                 io.write_text(out / f"frontier_{tname}.csv", frontier.to_csv(index=False))
+            artifacts = env.artifacts()
+            if artifacts:
+                io.save_arrays(out / f"task_{tname}.npz", artifacts)
             task_facts[tname] = env.describe()
         for spec in specs:
             run_dir = out / "runs" / spec.run_id

@@ -120,12 +120,33 @@ def clear_memo() -> None:
     _PREPARED.clear()
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator):
-    """Endless shuffled mini-batches of row indices (each epoch is a fresh permutation)."""
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            yield perm[start:start + batch_size]
+class BatchStream:
+    """Endless shuffled mini-batches of row indices (each epoch a fresh seeded permutation).
+
+    Its state (generator, current permutation, position) is saved in checkpoints so that a resumed
+    run sees exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, min(batch_size, n)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.generator)
+        self.pos = 0
+
+    def __next__(self) -> Tensor:
+        if self.pos + self.batch_size > self.n:  # drop the ragged tail; start a new epoch
+            self.perm = torch.randperm(self.n, generator=self.generator)
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.pos = state["perm"], int(state["pos"])
 
 
 def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -151,7 +172,9 @@ def preference_metrics(method: OfflineMethod, policy: nn.Module, data: PreparedS
     lr_r = plp["rejected"] - pairs.ref_logps["rejected"]
     if was:
         policy.train()
-    res = {f"{prefix}/loss": float(out.loss), f"{prefix}/implicit_acc": float((lr_c > lr_r).float().mean())}
+    # ties (e.g. every pair at step 0, where all log-ratios are 0) count one half
+    acc = ((lr_c > lr_r).float() + 0.5 * (lr_c == lr_r).float()).mean()
+    res = {f"{prefix}/loss": float(out.loss), f"{prefix}/implicit_acc": float(acc)}
     if prefix == "eval":
         res.update({"logratio/chosen": float(lr_c.mean()), "logratio/rejected": float(lr_r.mean()),
                     "logratio/margin": float((lr_c - lr_r).mean())})
@@ -173,8 +196,7 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
     policy = env.make_policy().to(device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = warmup_schedule(optimizer, tc.warmup_steps)
-    gen = torch.Generator().manual_seed(ctx.seed)
-    stream = batches(len(train), min(tc.batch_size, len(train)), gen)
+    stream = BatchStream(len(train), tc.batch_size, ctx.seed)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
 
     def evaluate(step: int, running: dict[str, list[float]]) -> None:
@@ -185,9 +207,13 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
         running.clear()
 
     running: dict[str, list[float]] = {}
-    evaluate(0, running)  # the reference itself: where every reward-vs-KL path starts
+    modules = {"policy": policy, "optimizer": optimizer, "scheduler": scheduler, "stream": stream}
+    start = ctx.resume(modules, running)  # 0 on a fresh run; else the step of the last checkpoint
+    if start == 0:
+        evaluate(0, running)  # the reference itself: where every reward-vs-KL path starts
     bar = ctx.progress(tc.steps, f"{method.name} {method.sweep_param}={method.sweep_value:g}")
-    for step in range(1, tc.steps + 1):
+    bar.update(start)
+    for step in range(start + 1, tc.steps + 1):
         optimizer.zero_grad(set_to_none=True)
         for _ in range(tc.grad_accum):
             idx = next(stream)
@@ -216,6 +242,8 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
             evaluate(step, running)
             bar.set_postfix({k: f"{v:.3g}" for k, v in ctx.logger.rows[-1].items()
                              if k in ("reward/gold", "kl/ref")})
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
+            ctx.save_checkpoint(step, modules, running)
     bar.close()
 
 
