@@ -43,6 +43,9 @@ class SweepConfig:
     report_to: tuple[str, ...] = param((), "experiment trackers: tensorboard, wandb (off by default)")
     plugins: tuple[str, ...] = param((), "extra plugin files or folders holding methods or tasks")
     progress: bool = param(True, "show progress bars")
+    workers: int = param(1, "parallel worker processes: one run per GPU at a time, or CPU workers sharing the cores")
+    executor: str = param("local", "local (this machine) or ray (one task per run on a Ray cluster; alignbench[ray])")
+    ray_address: str = param("", "Ray cluster address for executor=ray ('' starts a local Ray instance)")
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -57,6 +60,8 @@ class SweepConfig:
             check_int("steps", self.steps, 1)
         if not self.out:
             raise ConfigError("out", "must name a folder")
+        check_int("workers", self.workers, 1)
+        check_choice("executor", self.executor, ("local", "ray"))
         for r in self.report_to:
             check_choice("report_to", r, ("tensorboard", "wandb"))
         for section in ("grid", "method_args", "task_args"):
@@ -168,6 +173,101 @@ def environment_facts(device: Any) -> dict[str, Any]:
             "cpu_count": os.cpu_count(), "versions": versions}
 
 
+_ENVS: dict[tuple[str, str, str], Any] = {}  # per-process memo: every run of a task shares one env
+
+
+def _env(task: Task, cache_dir: str, device: Any) -> Any:
+    key = (task.name, stable_hash(task.config), str(device))
+    if key not in _ENVS:
+        _ENVS[key] = task.setup(Path(cache_dir), device)
+    return _ENVS[key]
+
+
+def _run_locked(cfg: SweepConfig, spec: RunSpec, method: Method, env_fn: Any, device: Any) -> dict[str, Any] | None:
+    """Run ``spec`` unless it is complete or another process holds its lock (then None)."""
+    run_dir = Path(cfg.out) / "runs" / spec.run_id
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        return io.read_json(summary_path)
+    with io.file_lock(run_dir / ".lock", blocking=False) as got:
+        if not got:  # another sweep process is running it; it writes its own summary
+            return None
+        if summary_path.exists():  # finished by another process meanwhile
+            return io.read_json(summary_path)
+        return execute(spec, env_fn(), method, run_dir, device=device, cache_dir=Path(cfg.cache_dir),
+                       report_to=cfg.report_to, show_progress=cfg.progress)
+
+
+def run_one(cfg_data: dict[str, Any], run_id: str) -> dict[str, Any] | None:
+    """Worker entry point (local processes, Ray tasks): re-plan the sweep (deterministic) and run one run.
+
+    The worker sets up the task itself from the shared on-disk cache (reference model, reference
+    log-probs and reward models are built once, under a file lock, by whichever worker needs them first).
+    """
+    from .models import quiet_transformers, select_device
+
+    quiet_transformers()
+    cfg = from_mapping(SweepConfig, cfg_data)
+    the_plan = plan(cfg)
+    spec = next(s for s in the_plan.specs if s.run_id == run_id)
+    device = select_device(cfg.device)
+    task = the_plan.tasks[spec.task]
+    return _run_locked(cfg, spec, the_plan.methods[run_id], lambda: _env(task, cfg.cache_dir, device), device)
+
+
+def _init_worker(gpu_queue: Any, threads: int) -> None:
+    """Pin a worker process to one GPU (one run per GPU at a time) or to its share of the CPU cores."""
+    import torch
+
+    if gpu_queue is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
+    torch.set_num_threads(threads)
+
+
+def _execute_pending(cfg: SweepConfig, the_plan: Plan, pending: list[RunSpec]) -> dict[str, dict[str, Any] | None]:
+    """Run pending specs with the configured executor; returns run_id -> summary (None: run elsewhere)."""
+    cfg_data = to_dict(cfg)
+    ids = [s.run_id for s in pending]
+    if cfg.executor == "ray":
+        try:
+            import ray
+        except ImportError:
+            raise AlignbenchError("executor: 'ray' needs the ray extra (pip install 'alignbench[ray]')") from None
+        import torch
+
+        if not ray.is_initialized():
+            ray.init(address=cfg.ray_address or None, include_dashboard=False, log_to_driver=False)
+        gpus = 1 if (cfg.device != "cpu" and torch.cuda.is_available()) else 0
+        task = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=2)(run_one)
+        return dict(zip(ids, ray.get([task.remote(cfg_data, i) for i in ids])))
+    if cfg.workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        import torch
+
+        ctx = mp.get_context("spawn")
+        n_gpu = torch.cuda.device_count() if cfg.device != "cpu" else 0
+        workers = min(cfg.workers, n_gpu) if n_gpu else cfg.workers
+        queue = None
+        if n_gpu:
+            queue = ctx.Queue()
+            for g in range(workers):
+                queue.put(g)
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, threads)) as pool:
+            return dict(zip(ids, pool.map(run_one, [cfg_data] * len(ids), ids)))
+    from .models import select_device
+
+    device = select_device(cfg.device)
+    out = {}
+    for spec in pending:
+        task = the_plan.tasks[spec.task]
+        out[spec.run_id] = _run_locked(cfg, spec, the_plan.methods[spec.run_id],
+                                       lambda task=task: _env(task, cfg.cache_dir, device), device)
+    return out
+
+
 def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
     """Run (or resume) a sweep and write summary.csv, sweep.json and the report. Returns the summary."""
     from .models import select_device
@@ -176,16 +276,15 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
     the_plan = plan(cfg)  # validates everything before the first write
     device = select_device(cfg.device)
     out = Path(cfg.out)
-    cache_dir = Path(cfg.cache_dir)
     t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
+    done = lambda s: (out / "runs" / s.run_id / "summary.json").exists()  # noqa: E731
+    pending = [s for s in the_plan.specs if not done(s)]
     task_facts: dict[str, Any] = {}
+    in_process = cfg.executor == "local" and cfg.workers == 1
     for tname, task in the_plan.tasks.items():
-        specs = [s for s in the_plan.specs if s.task == tname]
-        pending = [s for s in specs if not (out / "runs" / s.run_id / "summary.json").exists()]
-        env = None
-        if pending or not (out / f"frontier_{tname}.csv").exists():
-            env = task.setup(cache_dir, device)
+        if any(s.task == tname for s in pending) or not (out / "sweep.json").exists():
+            # task-level files: the exact frontier, arrays shared by all runs, estimation facts
+            env = _env(task, cfg.cache_dir, device if in_process else select_device("cpu"))
             out.mkdir(parents=True, exist_ok=True)
             frontier = env.frontier()
             if frontier is not None:
@@ -194,20 +293,13 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
             if artifacts:
                 io.save_arrays(out / f"task_{tname}.npz", artifacts)
             task_facts[tname] = env.describe()
-        for spec in specs:
-            run_dir = out / "runs" / spec.run_id
-            summary_path = run_dir / "summary.json"
-            if summary_path.exists():
-                rows.append(io.read_json(summary_path))
-                continue
-            with io.file_lock(run_dir / ".lock", blocking=False) as got:
-                if not got:  # another sweep process is running it; it will write its own summary
-                    continue
-                if summary_path.exists():  # finished by another process while we waited
-                    rows.append(io.read_json(summary_path))
-                    continue
-                rows.append(execute(spec, env, the_plan.methods[spec.run_id], run_dir, device=device,
-                                    cache_dir=cache_dir, report_to=cfg.report_to, show_progress=cfg.progress))
+    results = _execute_pending(cfg, the_plan, pending) if pending else {}
+    rows = []
+    for spec in the_plan.specs:
+        row = results.get(spec.run_id) if spec.run_id in results else (
+            io.read_json(out / "runs" / spec.run_id / "summary.json") if done(spec) else None)
+        if row is not None:
+            rows.append(row)
     summary = pd.DataFrame(rows)
     io.write_text(out / "summary.csv", summary.to_csv(index=False))
     previous = io.read_json(out / "sweep.json") if (out / "sweep.json").exists() else {}
