@@ -43,7 +43,26 @@ SUMMARY_KEYS = {  # summary.csv column <- final metric name
     "kl_to_target": "kl/to_target",
     "unseen_mass": "exact/unseen_mass",
     "kl_is_bound": "kl/is_bound",
+    "win_rate_vs_chosen": "winrate/vs_chosen",
 }
+BASE_COLUMNS = ["run_id", "task", "method", "sweep_param", "beta", "sweep_value", "seed", "status", "reason",
+                "steps", "wall_s"]
+
+
+def summary_frame(rows: list[dict[str, Any]]) -> "Any":
+    """summary.csv as a DataFrame with a fixed column order (base columns, metrics, then extras sorted)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    known = [c for c in BASE_COLUMNS + list(SUMMARY_KEYS) if c in df.columns]
+    return df[known + sorted(c for c in df.columns if c not in known)]
+
+
+def configure_threads(device: torch.device) -> None:
+    """One torch thread on CPU unless OMP_NUM_THREADS says otherwise: the embedded tasks' models are
+    tiny, and on a 2-core machine a second thread costs more in synchronisation than it gains."""
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
 
 
 def seed_everything(seed: int) -> None:

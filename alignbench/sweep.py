@@ -21,7 +21,7 @@ from .config import (TrainConfig, check_choice, check_int, from_mapping, load_ya
                      to_dict)
 from .errors import AlignbenchError, ConfigError
 from .registry import get_method, get_task, load_plugins, methods as all_methods
-from .runner import RunSpec, execute
+from .runner import RunSpec, configure_threads, execute, summary_frame
 
 
 @dataclass(frozen=True)
@@ -211,14 +211,21 @@ def run_one(cfg_data: dict[str, Any], run_id: str) -> dict[str, Any] | None:
     the_plan = plan(cfg)
     spec = next(s for s in the_plan.specs if s.run_id == run_id)
     device = select_device(cfg.device)
+    if not _THREADS_SET:  # a local worker pool sets its own share of the cores
+        configure_threads(device)
     task = the_plan.tasks[spec.task]
     return _run_locked(cfg, spec, the_plan.methods[run_id], lambda: _env(task, cfg.cache_dir, device), device)
+
+
+_THREADS_SET = False
 
 
 def _init_worker(gpu_queue: Any, threads: int) -> None:
     """Pin a worker process to one GPU (one run per GPU at a time) or to its share of the CPU cores."""
     import torch
 
+    global _THREADS_SET
+    _THREADS_SET = True
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
     torch.set_num_threads(threads)
@@ -275,6 +282,7 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
 
     the_plan = plan(cfg)  # validates everything before the first write
     device = select_device(cfg.device)
+    configure_threads(device)
     out = Path(cfg.out)
     t0 = time.perf_counter()
     done = lambda s: (out / "runs" / s.run_id / "summary.json").exists()  # noqa: E731
@@ -300,7 +308,7 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
             io.read_json(out / "runs" / spec.run_id / "summary.json") if done(spec) else None)
         if row is not None:
             rows.append(row)
-    summary = pd.DataFrame(rows)
+    summary = summary_frame(rows)
     io.write_text(out / "summary.csv", summary.to_csv(index=False))
     previous = io.read_json(out / "sweep.json") if (out / "sweep.json").exists() else {}
     io.write_json(out / "sweep.json", {
