@@ -8,11 +8,16 @@ policy (seeded, at the task's temperature) and reports, each with a standard err
 * ``kl/ref``           KL(pi || pi_ref) estimated from the policy's own samples by k1: the mean of the
                        summed per-token log-ratio ``sum_t log pi(y_t|.) - log pi_ref(y_t|.)`` (unbiased);
 * ``kl/ref_k3``        the k3 estimator ``sum_t (rho_t - 1 - log rho_t)``, rho_t = pi_ref/pi per token
-                       (also unbiased for the sequence KL, never negative, lower variance);
+                       (also unbiased for the sequence KL and never negative; lower variance while
+                       pi is close to pi_ref, heavier-tailed far from it);
 * ``winrate/vs_ref``   P(gold reward of a policy sample > that of a reference sample for the same
                        prompt), ties counting one half, averaged over all n x m sample pairs per prompt;
 * ``policy/entropy``   mean of ``-sum_t log pi(y_t|.)`` over the samples (a sampled sequence entropy);
-* ``policy/length``    mean number of completion tokens (the end token included when generated).
+* ``policy/length``    mean number of completion tokens (the end token included when generated);
+* ``reward/ref``       the reference's mean gold reward on the same prompts (its cached samples);
+* ``reward/kl_penalized`` reward/gold - beta * kl/ref, when ``evaluate`` is given the run's beta;
+* ``kl/is_bound``      0 here; 1 from :meth:`SampledTaskEnv.evaluate_samples` when the KL passed in is
+                       only an upper bound (the analytic best-of-N value).
 
 Standard errors treat prompts as the unit: samples are averaged within a prompt, and the SE is the
 standard deviation of the per-prompt means over sqrt(number of prompts).
@@ -128,7 +133,7 @@ def batched_sequence_logps(model: nn.Module, input_ids: Tensor, attention_mask: 
     try:
         for s in range(0, input_ids.shape[0], batch_size):
             am = attention_mask[s:s + batch_size]
-            t = max(int(am.sum(-1).max()), 2)
+            t = min(max(int(am.sum(-1).max()), 2), input_ids.shape[1])
             out = sequence_logps(scored, input_ids[s:s + batch_size, :t].to(dev), am[:, :t].to(dev),
                                  completion_mask[s:s + batch_size, :t].to(dev))
             tok = torch.zeros((am.shape[0], input_ids.shape[1] - 1), dtype=torch.float32)
@@ -263,14 +268,36 @@ class SampledTaskEnv(TaskEnv):
         metrics["kl/is_bound"] = 0.0
         if beta is not None:
             metrics["reward/kl_penalized"] = metrics["reward/gold"] - float(beta) * metrics["kl/ref"]
+        vs_chosen = self.win_rate_vs_chosen(policy, seed)
+        if vs_chosen is not None:
+            self._put(metrics, "winrate/vs_chosen", vs_chosen)
         per_prompt = {
             "prompts": prompts,
             "reward": pol.rewards.mean(1).tolist(),
+            "rewards": pol.rewards.tolist(),  # (P, n) gold rewards of the policy's samples: head-to-head judge
+            "ref_rewards": ref.rewards.tolist(),
             "kl": per_kl.tolist(),
             "winrate": per_win.tolist(),
             "completions": [t[: self.n_example_completions] for t in pol.texts],
         }
         return EvalResult(metrics=metrics, per_prompt=per_prompt)
+
+    n_vs_chosen: int = 64  # held-out pairs used for the win rate against the data's chosen responses
+
+    def win_rate_vs_chosen(self, policy: nn.Module, seed: int) -> np.ndarray | None:
+        """Per-pair win of one policy sample against the chosen response of a held-out preference pair
+        (same prompt), judged by the gold reward, ties 1/2: the DPO paper's win rate against the data.
+        None where the task has no held-out preference data."""
+        prefs = (self.preferences or {}).get("eval")
+        if prefs is None or len(prefs) == 0:
+            return None
+        if getattr(self, "_chosen_cache", None) is None:
+            rows = prefs.select(range(min(self.n_vs_chosen, len(prefs))))
+            prompts, chosen = list(rows["prompt"]), list(rows["chosen"])
+            self._chosen_cache = (prompts, self.gold_reward(prompts, chosen).detach().float().cpu().numpy())
+        prompts, chosen_r = self._chosen_cache
+        pol = self.draw(policy, prompts, 1, seed=derive_seed(seed, "vs_chosen"))
+        return pairwise_win_rate(pol.rewards, chosen_r[:, None])
 
     def evaluate_samples(self, prompts: Sequence[str], completions: Sequence[str], *, kl: float | None = None,
                          kl_se: float | None = None, kl_is_bound: bool = False,
@@ -280,15 +307,15 @@ class SampledTaskEnv(TaskEnv):
         Samples are grouped by prompt (several per prompt allowed); the gold reward and the win rate
         against the reference's cached samples for the same prompts are computed here; ``kl`` (and
         ``kl_se``) are passed through, with ``kl/is_bound`` = 1.0 when ``kl`` is only an upper bound
-        (e.g. the analytic best-of-N value). ``lengths`` default to the token count of each text.
+        (e.g. the analytic best-of-N value). ``lengths`` (tokens per completion, e.g. ``Samples.lengths``)
+        default to the token count of each text, plus the end token where the text must have stopped at it.
         """
         prompts, completions = list(prompts), list(completions)
         if len(prompts) != len(completions) or not prompts:
             raise ValueError("evaluate_samples: prompts and completions must be non-empty and of equal length")
         rewards = self.gold_reward(prompts, completions).detach().float().cpu().numpy().astype(np.float64)
         if lengths is None:
-            ids = self.tokenizer(completions, add_special_tokens=False)["input_ids"]
-            lens = np.array([len(x) for x in ids], dtype=np.float64)
+            lens = self._text_lengths(completions)
         else:
             lens = np.asarray(lengths, dtype=np.float64)
         groups: dict[str, list[int]] = {}
@@ -314,10 +341,29 @@ class SampledTaskEnv(TaskEnv):
         per_prompt = {
             "prompts": uniq,
             "reward": per_reward.tolist(),
+            "rewards": [rewards[groups[p]].tolist() for p in uniq],
+            "ref_rewards": np.stack([ref.rewards[ref_rows[p]] for p in uniq]).tolist(),
             "winrate": per_win.tolist(),
             "completions": [[completions[i] for i in groups[p][: self.n_example_completions]] for p in uniq],
         }
         return EvalResult(metrics=metrics, per_prompt=per_prompt)
+
+    def _text_lengths(self, completions: list[str]) -> np.ndarray:
+        """Completion lengths in tokens, counted as ``evaluate`` counts them (the end token included).
+
+        Texts from :func:`~alignbench.generation.sample` drop the end token; a completion shorter than
+        ``max_new_tokens`` can only have stopped at it, so one token is added back there.
+        """
+        spec = self.generation
+        eos = spec.eos_token_id
+        ids = self.tokenizer(completions, add_special_tokens=False)["input_ids"]
+        out = []
+        for x in ids:
+            n = len(x)
+            if not spec.fixed_length and eos is not None and eos not in x and n < spec.max_new_tokens:
+                n += 1
+            out.append(min(n, spec.max_new_tokens))
+        return np.asarray(out, dtype=np.float64)
 
     @staticmethod
     def _put(metrics: dict[str, float], key: str, per_prompt: np.ndarray) -> None:

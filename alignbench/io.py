@@ -93,7 +93,12 @@ def save_arrays(path: str | Path, arrays: dict[str, Any]) -> None:
 
     out = {}
     for k, v in arrays.items():
-        a = np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
+        try:
+            a = np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
+        except ValueError:  # ragged nested lists (e.g. example completions): keep them as JSON text
+            a = np.asarray(dumps(v))
+        if a.dtype.kind == "O":
+            a = np.asarray(dumps(v))
         out[k] = a.astype(np.float32) if a.dtype.kind == "f" else a
     buf = _io.BytesIO()
     np.savez_compressed(buf, **out)
