@@ -47,9 +47,10 @@ _MEMO: dict[tuple[str, str], "RewardModel"] = {}
 class RewardModelConfig:
     """Training settings of the reward model (a task may override them via ``env.reward_model_defaults``)."""
 
-    epochs: int = param(3, "passes over the training pairs (DPO paper: 3 epochs, best validation accuracy kept)")
+    epochs: int = param(5, "passes over the training pairs; the best held-out-accuracy checkpoint is kept (DPO paper: 3 "
+                           "epochs for GPT-2 large; 5 measured better on the small embedded tasks)")
     batch_size: int = param(32, "preference pairs per optimizer step")
-    lr: float = param(1e-3, "AdamW learning rate (1e-3 suits the tiny embedded models; ~1e-5 for GPT-2 large)")
+    lr: float = param(3e-4, "AdamW learning rate (3e-4 suits the tiny embedded models; ~1e-5 for GPT-2 large)")
     weight_decay: float = param(0.0, "AdamW weight decay")
     warmup_steps: int = param(10, "linear learning-rate warmup steps")
     max_grad_norm: float = param(1.0, "gradient clipping norm")
@@ -322,6 +323,7 @@ def train_reward_model(env, seed: int, device: torch.device, cfg: RewardModelCon
     from tqdm.auto import tqdm
 
     from .data import tokenize, validate_rows
+    from .models import progress_disabled
 
     check_preferences(env)
     train_ds, eval_ds = env.preferences["train"], env.preferences["eval"]
@@ -347,7 +349,7 @@ def train_reward_model(env, seed: int, device: torch.device, cfg: RewardModelCon
     best_state = copy.deepcopy(model.state_dict())
     history = [{"epoch": 0.0, "eval_accuracy": start["accuracy"], "eval_loss": start["loss"]}]
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="reward model (BT)", leave=False,
-               disable=not show_progress or os.environ.get("ALIGNBENCH_QUIET") == "1", dynamic_ncols=True)
+               disable=progress_disabled(show_progress), dynamic_ncols=True)
     run_loss, run_acc, run_n = 0.0, 0.0, 0
     for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen)
@@ -363,8 +365,8 @@ def train_reward_model(env, seed: int, device: torch.device, cfg: RewardModelCon
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             opt.step()
             sched.step()
-            run_loss += float(loss) * b
-            run_acc += float((sc[:b] > sc[b:]).float().sum())
+            run_loss += float(loss.detach()) * b
+            run_acc += float((sc[:b] > sc[b:]).float().sum().detach())
             run_n += b
             bar.update(1)
             if (i + 1) in eval_at:
