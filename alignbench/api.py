@@ -208,6 +208,8 @@ class Task(ABC):
     has_preferences: ClassVar[bool] = True  # preference pairs exist (offline methods, reward models)
     has_gold_reward: ClassVar[bool] = True  # a gold reward exists (ppo-gt, reported reward)
     default_methods: ClassVar[tuple[str, ...] | None] = None  # None: every compatible method
+    # method config defaults suited to this task, e.g. {"ppo": {"iterations": 40}}; user method_args win
+    method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: Any):
         self.config = config

@@ -134,7 +134,7 @@ def plan(cfg: SweepConfig) -> Plan:
             why = _compatible(method_cls, task_cls)
             if why:
                 raise AlignbenchError(why)
-            margs = dict(cfg.method_args.get(mname, {}))
+            margs = {**task_cls.method_defaults.get(mname, {}), **cfg.method_args.get(mname, {})}
             axis = method_cls.sweep_param
             if mname in cfg.grid:
                 values = cfg.grid[mname]
