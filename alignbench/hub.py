@@ -155,7 +155,12 @@ def load_dataset_any(name_or_path: str | Path, split: str | None, *, what: str =
             builder = DATA_SUFFIXES.get(suffix)
             if builder is None:
                 raise AlignbenchError(f"{what}: '{name}' is not a json, jsonl, parquet or csv file")
-            return datasets.load_dataset(builder, data_files=str(p), split="train")
+            if p.stat().st_size == 0:
+                raise AlignbenchError(f"{what}: '{name}' has zero rows")
+            ds = datasets.load_dataset(builder, data_files=str(p), split="train")
+            if len(ds) == 0:
+                raise AlignbenchError(f"{what}: '{name}' has zero rows")
+            return ds
         if p.is_dir() and ((p / "dataset_dict.json").exists() or (p / "state.json").exists()):
             ds = datasets.load_from_disk(str(p))
             if isinstance(ds, datasets.DatasetDict):
@@ -235,12 +240,13 @@ def load_policy(name_or_path: str | Path, *, what: str = "policy", tokenizer: st
                 tokenizer_what: str = "tokenizer", trust_remote_code: bool = False,
                 dtype: str = "float32") -> tuple[nn.Module, Any, str]:
     """A causal LM and its tokenizer (pad = eos when missing); returns (model, tokenizer, resolved source)."""
-    from .models import load_causal_lm, load_tokenizer
+    from .models import check_tokenizer_fits, load_causal_lm, load_tokenizer
 
     src = resolve(name_or_path, what=what)
     tok_src = resolve(tokenizer, what=tokenizer_what) if tokenizer else src
     tok = load_tokenizer(tok_src, what=tokenizer_what if tokenizer else what, trust_remote_code=trust_remote_code)
     model = load_causal_lm(src, what=what, trust_remote_code=trust_remote_code, dtype=parse_dtype(dtype))
+    check_tokenizer_fits(model, tok, what=what, tokenizer_what=tokenizer_what if tokenizer else what)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:

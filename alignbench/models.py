@@ -83,6 +83,15 @@ def _unreachable(what: str, name: str | Path, err: Exception) -> str:
             f"its local folder instead (e.g. --task-arg {what}=/path/to/local/copy)")
 
 
+def check_tokenizer_fits(model: nn.Module, tokenizer: Any, *, what: str = "policy",
+                         tokenizer_what: str = "tokenizer") -> None:
+    """Refuse a tokenizer whose token ids do not all index the model's embedding matrix (a mismatched pair)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise AlignbenchError(f"{tokenizer_what}: its {len(tokenizer)} tokens do not fit the {what}'s {rows} "
+                              f"embeddings (a tokenizer from another model?); pass the {what}'s own tokenizer")
+
+
 def weights_fingerprint(model: nn.Module) -> str:
     """sha256 of a model's parameters (names, shapes, values): a cache key for its outputs."""
     h = hashlib.sha256()

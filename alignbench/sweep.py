@@ -60,6 +60,11 @@ class SweepConfig:
             check_int("steps", self.steps, 1)
         if not self.out:
             raise ConfigError("out", "must name a folder")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError("out", f"{out} exists and is not a folder")
+        if out.is_dir() and not os.access(out, os.R_OK | os.W_OK | os.X_OK):
+            raise ConfigError("out", f"{out} is not readable and writable")
         check_int("workers", self.workers, 1)
         check_choice("executor", self.executor, ("local", "ray"))
         for r in self.report_to:

@@ -206,3 +206,28 @@ def test_hub_names_are_defaults_and_remote_code_is_off():
         assert cfg.policy == policy and cfg.trust_remote_code is False
     assert get_task("imdb").config_cls().judge == "siebert/sentiment-roberta-large-english"
     assert get_task("tldr").config_cls().dataset == "openai/summarize_from_feedback"
+
+
+def test_tokenizer_that_does_not_match_the_model_is_refused(assets, tmp_path):
+    """A policy folder whose tokenizer has more tokens than the model has embeddings: one line, naming it."""
+    import shutil
+
+    from alignbench.tokenization import build_word_tokenizer
+
+    bad = tmp_path / "gpt2-wrong-tokenizer"
+    shutil.copytree(assets / "gpt2-tiny", bad)
+    for f in bad.glob("*token*"):
+        f.unlink()
+    build_word_tokenizer([f"w{i}" for i in range(2000)]).save_pretrained(bad)
+    with pytest.raises(AlignbenchError) as info:
+        _setup("imdb", {**_configs(assets)["imdb"], "policy": str(bad)}, tmp_path / "cache")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("policy:") and "do not fit" in msg
+
+
+def test_dataset_with_zero_rows_is_refused(assets, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(AlignbenchError) as info:
+        _setup("tldr", {**_configs(assets)["tldr"], "dataset": str(empty)}, tmp_path / "cache")
+    assert "\n" not in str(info.value) and str(info.value) == f"dataset: '{empty}' has zero rows"

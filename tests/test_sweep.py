@@ -147,3 +147,41 @@ def test_method_added_from_one_file_runs_through_the_sweep(tmp_path, cache_dir, 
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["method"]) == ["throwaway-hinge"] and summary["status"][0] == "ok"
     assert summary["kl"][0] > 0
+
+
+def test_results_folder_that_is_a_file_or_unreadable(tmp_path, cache_dir, capsys):
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("x")
+    assert main(sweep_args(not_a_folder, cache_dir)) == 2
+    assert "out: " in capsys.readouterr().err and not_a_folder.read_text() == "x"
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "results folder not found" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "summary.csv").write_bytes(b"\x00\xff\x00garbage")
+    assert main(["report", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "summary.csv" in err
+    assert sorted(p.name for p in broken.iterdir()) == ["summary.csv"]
+
+
+def test_corrupted_reference_logp_cache_is_rebuilt_not_used(tiny_exact_env, cache_dir):
+    import torch
+
+    from alignbench import trainer
+
+    trainer.clear_memo()
+    first = trainer.prepare(tiny_exact_env, "paired", "eval", cache_dir, torch.device("cpu"))
+    files = sorted((cache_dir / "reflogps").glob("*.safetensors"))
+    assert files
+    for f in files:  # flip bytes in every cached file: the sha256 sidecar no longer matches
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+    trainer.clear_memo()
+    again = trainer.prepare(tiny_exact_env, "paired", "eval", cache_dir, torch.device("cpu"))
+    for col in ("chosen", "rejected"):
+        assert torch.equal(first.ref_logps[col], again.ref_logps[col])
+    from alignbench import io
+
+    assert any(io.load_tensors(f) is not None for f in files)  # the entry it needed was rewritten, valid again
