@@ -38,7 +38,6 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
@@ -80,42 +79,6 @@ def pairwise_win_rate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((a > b) + 0.5 * (a == b)).mean(axis=(1, 2))
 
 
-def right_pad(samples: Samples, pad_token_id: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Re-pack left-padded prompt + completion samples as right-padded sequences.
-
-    :func:`~alignbench.logprobs.sequence_logps` assumes right padding (default position ids); sampled
-    rows have left-padded prompts, so each row's real tokens are moved to the front.
-    Returns input_ids, attention_mask, completion_mask, each (B, T) with T the longest real row.
-    """
-    am = samples.attention_mask.bool()
-    lengths = am.sum(-1)
-    t = int(lengths.max()) if len(lengths) else 0
-    b = samples.input_ids.shape[0]
-    ids = torch.full((b, t), pad_token_id, dtype=samples.input_ids.dtype, device=samples.input_ids.device)
-    attn = torch.zeros((b, t), dtype=torch.long, device=ids.device)
-    comp = torch.zeros((b, t), dtype=torch.long, device=ids.device)
-    # stable sort puts the real tokens first while keeping their order
-    order = torch.sort((~am).long(), dim=-1, stable=True).indices[:, :t]
-    ids[:] = torch.gather(samples.input_ids, 1, order)
-    attn[:] = torch.gather(am.long(), 1, order)
-    comp[:] = torch.gather(samples.completion_mask.long(), 1, order)
-    ids = torch.where(attn.bool(), ids, torch.full_like(ids, pad_token_id))
-    return ids, attn, comp * attn
-
-
-class _Tempered(nn.Module):
-    """A view of a causal LM whose logits are divided by a temperature (for log-probs at T != 1)."""
-
-    def __init__(self, model: nn.Module, temperature: float):
-        super().__init__()
-        self.model = model
-        self.temperature = temperature
-
-    def forward(self, **kwargs: Any) -> Any:
-        out = self.model(**kwargs)
-        return SimpleNamespace(logits=out.logits / self.temperature)
-
-
 @torch.no_grad()
 def batched_sequence_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
                            completion_mask: Tensor, *, temperature: float = 1.0,
@@ -127,15 +90,14 @@ def batched_sequence_logps(model: nn.Module, input_ids: Tensor, attention_mask: 
     """
     was_training = model.training
     model.eval()
-    scored = model if temperature in (0, 1.0) else _Tempered(model, temperature)
     dev = next(model.parameters()).device
     sums, toks, counts = [], [], []
     try:
         for s in range(0, input_ids.shape[0], batch_size):
             am = attention_mask[s:s + batch_size]
             t = min(max(int(am.sum(-1).max()), 2), input_ids.shape[1])
-            out = sequence_logps(scored, input_ids[s:s + batch_size, :t].to(dev), am[:, :t].to(dev),
-                                 completion_mask[s:s + batch_size, :t].to(dev))
+            out = sequence_logps(model, input_ids[s:s + batch_size, :t].to(dev), am[:, :t].to(dev),
+                                 completion_mask[s:s + batch_size, :t].to(dev), temperature)
             tok = torch.zeros((am.shape[0], input_ids.shape[1] - 1), dtype=torch.float32)
             tok[:, : out.tokens.shape[1]] = out.tokens.float().cpu()
             sums.append(out.sum.float().cpu())
@@ -220,7 +182,7 @@ class SampledTaskEnv(TaskEnv):
         texts = [smp.texts[i * n:(i + 1) * n] for i in range(len(prompts))]
         out = PolicySamples(prompts, texts, rewards.reshape(len(prompts), n), lengths.reshape(len(prompts), n))
         if score_logps:
-            ids, am, cm = right_pad(smp, self._pad_id())
+            ids, am, cm = smp.right_padded(self._pad_id())
             t = self.temperature if self.temperature > 0 else 1.0
             lp, lp_tok, _ = batched_sequence_logps(model, ids, am, cm, temperature=t, batch_size=self.eval_batch_size)
             lr, lr_tok, _ = batched_sequence_logps(self.reference, ids, am, cm, temperature=t,

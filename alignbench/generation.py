@@ -31,6 +31,27 @@ class Samples:
     def lengths(self) -> Tensor:
         return self.completion_mask.sum(-1)
 
+    def right_padded(self, pad_token_id: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(input_ids, attention_mask, completion_mask) re-packed with real tokens first (see right_pad)."""
+        return right_pad(self.input_ids, self.attention_mask, self.completion_mask, pad_token_id)
+
+
+def right_pad(input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor,
+              pad_token_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Re-pack left-padded prompt + completion rows as right-padded rows, trimmed to the longest one.
+
+    :func:`~alignbench.logprobs.sequence_logps` assumes right padding (default position ids), while
+    sampled rows have left-padded prompts; a stable sort moves each row's real tokens to the front
+    in order. All (B, T) -> (B, T') with T' the longest real row.
+    """
+    am = attention_mask.bool()
+    t = int(am.sum(-1).max()) if am.shape[0] else 0
+    order = torch.sort((~am).long(), dim=-1, stable=True).indices[:, :t]
+    attn = torch.gather(am.long(), 1, order)
+    ids = torch.where(attn.bool(), torch.gather(input_ids, 1, order), torch.full_like(attn, pad_token_id))
+    comp = torch.gather(completion_mask.long(), 1, order) * attn
+    return ids, attn, comp
+
 
 def encode_prompts(tokenizer, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
     """Left-padded prompt ids and mask (left padding so that generation continues every row at the end)."""

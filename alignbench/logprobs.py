@@ -27,15 +27,18 @@ class SequenceLogps:
 
 
 def sequence_logps(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor, temperature: float = 1.0
 ) -> SequenceLogps:
     """Log-probability of the completion part of each sequence.
 
     input_ids, attention_mask, completion_mask: (B, T); completion_mask is 1 on completion tokens.
     Sequences are right-padded, so position ids are the default 0..T-1 for real tokens.
-    Token t is predicted from position t-1, hence the shift by one.
+    Token t is predicted from position t-1, hence the shift by one. With ``temperature`` != 1 (or 0,
+    which means greedy and scores at 1) the logits are divided by it: the distribution samples came from.
     """
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    if temperature not in (0, 1.0):
+        logits = logits / temperature
     logps = token_logps(logits[:, :-1], input_ids[:, 1:])
     mask = completion_mask[:, 1:].to(logps.dtype)
     per_token = logps * mask

@@ -34,7 +34,7 @@ from alignbench.api import Method, MethodConfig
 from alignbench.config import check_int, check_nonnegative, check_positive, check_range, param
 from alignbench.errors import ConfigError
 from alignbench.generation import sample
-from alignbench.logprobs import sequence_logps, token_logps
+from alignbench.logprobs import sequence_logps
 from alignbench.registry import register_method
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -292,27 +292,6 @@ class Rollout:
     texts: list[str]
 
 
-def pack_left(input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Move each row's leading padding (from left-padded prompts) to its end and trim to the longest row."""
-    lead = (attention_mask.cumsum(-1) == 0).sum(-1)
-    if bool((lead == 0).all()):
-        return input_ids, attention_mask, completion_mask
-    t = input_ids.shape[1]
-    idx = (torch.arange(t, device=input_ids.device).unsqueeze(0) + lead.unsqueeze(1)) % t
-    ids, am, cm = (x.gather(1, idx) for x in (input_ids, attention_mask, completion_mask))
-    width = int(am.sum(-1).max())
-    return ids[:, :width], am[:, :width], cm[:, :width]
-
-
-def completion_token_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor,
-                           temperature: float = 1.0) -> Tensor:
-    """(B, T-1) log-probs of completion tokens (0 elsewhere) via the shared code; logits / temperature if != 1."""
-    if temperature == 1.0:
-        return sequence_logps(model, input_ids, attention_mask, completion_mask).tokens
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits / temperature
-    return token_logps(logits[:, :-1], input_ids[:, 1:]) * completion_mask[:, 1:].to(torch.float32)
-
-
 # ------------------------------------------------------------------------------------------ the method
 
 
@@ -396,7 +375,7 @@ class PPO(Method):
             t0 = time.perf_counter()
             prompts = stream.take(cfg.rollout_batch)
             s = sample(policy, env.tokenizer, prompts, env.generation, temperature=temperature)
-            ids, am, cm = pack_left(s.input_ids, s.attention_mask, s.completion_mask)
+            ids, am, cm = s.right_padded(env.generation.pad_token_id)
             roll = Rollout(ids.to(device), am.to(device), cm[:, 1:].to(device).float(), prompts, s.texts)
             t1 = time.perf_counter()
             timing["generate"] += t1 - t0
@@ -405,8 +384,8 @@ class PPO(Method):
             with torch.no_grad():
                 score = scorer(roll).float().to(device)
                 cm_dev = cm.to(device)
-                old_logp = completion_token_logps(policy, roll.input_ids, roll.attention_mask, cm_dev, temperature)
-                ref_logp = completion_token_logps(reference, roll.input_ids, roll.attention_mask, cm_dev, temperature)
+                old_logp = sequence_logps(policy, roll.input_ids, roll.attention_mask, cm_dev, temperature).tokens
+                ref_logp = sequence_logps(reference, roll.input_ids, roll.attention_mask, cm_dev, temperature).tokens
                 old_values = token_values(critic, roll.input_ids, roll.attention_mask)[:, :-1] * roll.mask
                 if uses_gold_as_score:
                     gold = score
@@ -430,7 +409,7 @@ class PPO(Method):
                 for lo in range(0, b - mb + 1, mb):
                     i = perm[lo:lo + mb]
                     ids_i, am_i, m_i = roll.input_ids[i], roll.attention_mask[i], roll.mask[i]
-                    new_logp = completion_token_logps(policy, ids_i, am_i, cm_dev[i], temperature)
+                    new_logp = sequence_logps(policy, ids_i, am_i, cm_dev[i], temperature).tokens
                     pl = ppo_policy_loss(new_logp, old_logp[i], advantages[i], m_i, cfg.clip_eps)
                     values = token_values(critic, ids_i, am_i)[:, :-1]
                     vl = ppo_value_loss(values, old_values[i], returns[i], m_i, cfg.value_clip)

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("ALIGNBENCH_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,7 +12,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # A small exact task: 4 prompts x 4^3 = 64 responses, a 1-layer reference; builds in a few seconds.
 TINY_EXACT = {"num_prompts": 4, "vocab_size": 4, "length": 3, "n_layer": 1, "n_embd": 32, "n_head": 2,
               "pretrain_steps": 60, "num_train_pairs": 256, "num_eval_pairs": 64}
+# A larger exact task for the RLHF tests (reward model, PPO, best-of-N): 4 prompts x 64 responses, more pairs.
+SMALL_EXACT = {"num_prompts": 4, "vocab_size": 4, "length": 3, "n_embd": 32, "n_head": 2,
+               "pretrain_samples": 4000, "pretrain_steps": 150, "pretrain_batch_size": 128,
+               "num_train_pairs": 1024, "num_eval_pairs": 512}
 TINY_TRAIN = {"steps": 6, "batch_size": 16, "eval_every": 3, "warmup_steps": 2}
+
+
+# The models in the tests are tiny: one intra-op thread is faster, and on a busy 2-core machine two threads
+# per process were measured 5-10x slower (the sweep runner makes the same choice, runner.configure_threads).
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

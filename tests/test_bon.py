@@ -11,24 +11,12 @@ from alignbench import io
 from alignbench.api import EvalResult
 from alignbench.config import from_mapping
 from alignbench.errors import ConfigError
+from .conftest import SMALL_EXACT
 from alignbench.registry import get_method, get_task
 from alignbench.runner import RunSpec, execute
 from methods.bon import BestOfN, BestOfNConfig, bon_kl_bound, rm_score_table
 
-SMALL_EXACT = {"num_prompts": 4, "vocab_size": 4, "length": 3, "n_embd": 32, "n_head": 2,
-               "pretrain_samples": 4000, "pretrain_steps": 150, "pretrain_batch_size": 128,
-               "num_train_pairs": 1024, "num_eval_pairs": 512}
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny models gain nothing from intra-op threads, and on a shared 2-core machine two threads per
-    process were measured 5-10x slower than one (OpenMP contention); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

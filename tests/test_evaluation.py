@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alignbench.api import GenerationSpec
-from alignbench.evaluation import SampledTaskEnv, batched_sequence_logps, pairwise_win_rate, right_pad
+from alignbench.evaluation import SampledTaskEnv, batched_sequence_logps, pairwise_win_rate
 from alignbench.generation import sample
 from alignbench.models import freeze, tiny_gpt2
 from alignbench.tokenization import build_word_tokenizer
@@ -116,7 +116,7 @@ def test_right_padded_scoring_matches_generation():
                           do_sample=False, output_scores=True, return_dict_in_generate=True,
                           pad_token_id=env.tokenizer.pad_token_id)
     first = out.scores[0].float().log_softmax(-1).gather(1, s.completions[:, :1]).squeeze(1)
-    ids, am, cm = right_pad(s, env.tokenizer.pad_token_id)
+    ids, am, cm = s.right_padded(env.tokenizer.pad_token_id)
     _, tok, _ = batched_sequence_logps(policy, ids, am, cm)
     plen = s.attention_mask[:, :p].sum(-1)
     scored_first = tok[torch.arange(len(prompts)), plen - 1]  # first completion token's log-prob
@@ -177,7 +177,7 @@ def test_evaluate_samples_best_of_n_style():
 def test_right_pad_keeps_tokens_in_order():
     env = make_env(["x", "y x a"], n_eval_samples=1)
     s = sample(env.reference, env.tokenizer, ["x", "y x a"], env.generation, generator_seed=0)
-    ids, am, cm = right_pad(s, env.tokenizer.pad_token_id)
+    ids, am, cm = s.right_padded(env.tokenizer.pad_token_id)
     for i in range(2):
         real = s.input_ids[i][s.attention_mask[i].bool()]
         assert torch.equal(ids[i][am[i].bool()], real)

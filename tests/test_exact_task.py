@@ -20,15 +20,6 @@ SMALL = dict(num_prompts=3, vocab_size=3, length=3, n_layer=1, n_embd=32, n_head
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run best on one thread; two threads on a busy 2-core machine slow down several-fold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("exact_cache")

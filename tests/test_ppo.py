@@ -10,25 +10,14 @@ import torch
 from alignbench import exact as X
 from alignbench.config import from_mapping
 from alignbench.errors import ConfigError
+from .conftest import SMALL_EXACT
 from alignbench.registry import get_method, get_task
 from alignbench.runner import RunSpec, execute
-from methods.ppo import (PPO, AdaptiveKLController, PPOConfig, PPOGoldReward, gae, masked_whiten, pack_left,
+from alignbench.generation import right_pad
+from methods.ppo import (PPO, AdaptiveKLController, PPOConfig, PPOGoldReward, gae, masked_whiten,
                          ppo_policy_loss, ppo_value_loss, token_rewards)
 
-SMALL_EXACT = {"num_prompts": 4, "vocab_size": 4, "length": 3, "n_embd": 32, "n_head": 2,
-               "pretrain_samples": 4000, "pretrain_steps": 150, "pretrain_batch_size": 128,
-               "num_train_pairs": 1024, "num_eval_pairs": 512}
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny models gain nothing from intra-op threads, and on a shared 2-core machine two threads per
-    process were measured 5-10x slower than one (OpenMP contention); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +122,11 @@ def test_masked_whiten_and_kl_controller():
     assert ctl.update(3.0, 64) == pytest.approx(0.1 * (1 + 0.2 * 64 / 1000))  # on target: unchanged
 
 
-def test_pack_left_moves_prompt_padding_to_the_end():
+def test_right_pad_moves_prompt_padding_to_the_end():
     ids = torch.tensor([[0, 5, 7, 8], [4, 5, 7, 0]])
     am = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 0]])
     cm = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0]])
-    p_ids, p_am, p_cm = pack_left(ids, am, cm)
+    p_ids, p_am, p_cm = right_pad(ids, am, cm, 0)
     torch.testing.assert_close(p_ids, torch.tensor([[5, 7, 8], [4, 5, 7]]))
     torch.testing.assert_close(p_am, torch.tensor([[1, 1, 1], [1, 1, 1]]))
     torch.testing.assert_close(p_cm, torch.tensor([[0, 1, 1], [0, 0, 1]]))

@@ -10,23 +10,10 @@ import torch
 from alignbench import reward_model as RM
 from alignbench.config import from_mapping
 from alignbench.errors import AlignbenchError, ConfigError
+from .conftest import SMALL_EXACT
 from alignbench.registry import get_task
 
-# a small exact task: 4 prompts x 4**3 = 64 responses, BT labels on the gold reward
-SMALL_EXACT = {"num_prompts": 4, "vocab_size": 4, "length": 3, "n_embd": 32, "n_head": 2,
-               "pretrain_samples": 4000, "pretrain_steps": 150, "pretrain_batch_size": 128,
-               "num_train_pairs": 1024, "num_eval_pairs": 512}
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny models gain nothing from intra-op threads, and on a shared 2-core machine two threads per
-    process were measured 5-10x slower than one (OpenMP contention); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

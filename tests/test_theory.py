@@ -20,15 +20,6 @@ DT = torch.float64
 K, N = 4, 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one intra-op thread avoids thread-pool overhead (large on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def problem():
     gen = torch.Generator().manual_seed(0)
