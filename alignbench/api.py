@@ -68,6 +68,20 @@ class LossOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
+def pair_diagnostics(logratio_chosen: Tensor, logratio_rejected: Tensor, beta: float) -> dict[str, Tensor]:
+    """The batch metrics every paired loss reports: implicit-reward margin and accuracy, mean log-ratios.
+
+    logratio_chosen, logratio_rejected: (B,) detached log pi/pi_ref of chosen and rejected completions.
+    """
+    rc, rr = beta * logratio_chosen, beta * logratio_rejected
+    return {
+        "train/margin": (rc - rr).mean(),
+        "train/accuracy": (rc > rr).float().mean(),
+        "train/logratio_chosen": logratio_chosen.mean(),
+        "train/logratio_rejected": logratio_rejected.mean(),
+    }
+
+
 @dataclass
 class LogpBatch:
     """Sequence log-probabilities of one batch, by completion column (see FORMAT_COLUMNS).

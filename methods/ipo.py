@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from alignbench.api import LogpBatch, LossOutput, MethodConfig, OfflineMethod
+from alignbench.api import LogpBatch, LossOutput, MethodConfig, OfflineMethod, pair_diagnostics
 from alignbench.config import param
 from alignbench.errors import ConfigError
 from alignbench.registry import register_method
@@ -86,13 +86,8 @@ def ipo_loss(
     logratio_c = (policy_chosen - ref_chosen).detach()
     logratio_r = (policy_rejected - ref_rejected).detach()
     chosen_rewards, rejected_rewards = beta * logratio_c, beta * logratio_r
-    metrics = {
-        "train/margin": (chosen_rewards - rejected_rewards).mean(),
-        "train/accuracy": (chosen_rewards > rejected_rewards).float().mean(),
-        "train/logratio_chosen": logratio_c.mean(),
-        "train/logratio_rejected": logratio_r.mean(),
-        "ipo/h": h.detach().mean(),  # regressed onto 1 / (2 beta)
-    }
+    metrics = {**pair_diagnostics(logratio_c, logratio_r, beta),
+               "ipo/h": h.detach().mean()}  # regressed onto 1 / (2 beta)
     return LossOutput(losses.mean(), chosen_rewards, rejected_rewards, metrics)
 
 
