@@ -185,6 +185,29 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
+def non_default(cfg: Any) -> dict[str, Any]:
+    """The fields of a dataclass config that differ from their defaults (nested configs recursively).
+
+    Run ids hash this, so adding a new field with a default to a config keeps every existing run id.
+    """
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = dataclasses.MISSING
+        if dataclasses.is_dataclass(v):
+            sub = non_default(v)
+            if sub:
+                out[f.name] = sub
+        elif to_dict(v) != to_dict(default):
+            out[f.name] = to_dict(v)
+    return out
+
+
 def stable_hash(obj: Any, n: int = 10) -> str:
     """Short content hash of a JSON-serialisable object (key order independent)."""
     blob = json.dumps(to_dict(obj), sort_keys=True, default=str).encode()
@@ -221,6 +244,9 @@ class TrainConfig:
     grad_accum: int = param(1, "gradient accumulation steps per optimizer step")
     precision: str = param("fp32", "fp32 or bf16 (mixed precision where the device supports it)")
     checkpoint_every: int = param(100, "save a resumable checkpoint every this many steps (0: never)")
+    gradient_checkpointing: bool = param(False, "recompute activations in the backward pass (memory for time)")
+    lora_r: int = param(0, "rank of LoRA adapters trained in place of the policy's weights (0: full fine-tuning)")
+    lora_alpha: float = param(16.0, "LoRA scaling alpha (the update is scaled by alpha / r)")
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps, 1)
@@ -233,3 +259,5 @@ class TrainConfig:
         check_int("grad_accum", self.grad_accum, 1)
         check_choice("precision", self.precision, ("fp32", "bf16"))
         check_int("checkpoint_every", self.checkpoint_every, 0)
+        check_int("lora_r", self.lora_r, 0)
+        check_positive("lora_alpha", self.lora_alpha)

@@ -92,6 +92,26 @@ def check_tokenizer_fits(model: nn.Module, tokenizer: Any, *, what: str = "polic
                               f"embeddings (a tokenizer from another model?); pass the {what}'s own tokenizer")
 
 
+def prepare_policy(policy: nn.Module, train: Any) -> nn.Module:
+    """Apply the memory options of a TrainConfig to a fresh policy copy.
+
+    ``lora_r > 0``: wrap the policy in PEFT LoRA adapters (only they train; the frozen base weights are the
+    reference, so the reference is the adapter-disabled model). ``gradient_checkpointing``: recompute
+    activations in the backward pass. With neither, the policy is returned unchanged.
+    """
+    if train.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        policy.config.use_cache = False
+    if train.lora_r > 0:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise AlignbenchError("lora_r: LoRA needs the peft extra (pip install 'alignbench[peft]')") from None
+        policy = get_peft_model(policy, LoraConfig(r=train.lora_r, lora_alpha=train.lora_alpha, lora_dropout=0.0,
+                                                   target_modules="all-linear", task_type="CAUSAL_LM"))
+    return policy
+
+
 def weights_fingerprint(model: nn.Module) -> str:
     """sha256 of a model's parameters (names, shapes, values): a cache key for its outputs."""
     h = hashlib.sha256()

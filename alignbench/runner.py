@@ -27,7 +27,7 @@ from torch import nn
 
 from . import io
 from .api import EvalResult, Method, TaskEnv
-from .config import TrainConfig, stable_hash, to_dict
+from .config import TrainConfig, non_default, stable_hash, to_dict
 from .errors import TrainingFailure
 
 SUMMARY_KEYS = {  # summary.csv column <- final metric name
@@ -82,6 +82,12 @@ class RunSpec:
     task_config: Any
     train: TrainConfig
     run_id: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        """What the run id hashes: task, method, seed and every config field that differs from its default."""
+        return {"task": self.task, "method": self.method, "seed": self.seed,
+                "method_config": non_default(self.method_config), "task_config": non_default(self.task_config),
+                "train": non_default(self.train)}
 
     def resolved(self) -> dict[str, Any]:
         return {"task": self.task, "method": self.method, "seed": self.seed,

@@ -156,7 +156,7 @@ def plan(cfg: SweepConfig) -> Plan:
                     spec = RunSpec(task=tname, method=mname, seed=seed, method_config=mcfg,
                                    task_config=task.config, train=train)
                     value = getattr(mcfg, axis)
-                    spec.run_id = f"{tname}-{mname}-{axis}{value:g}-s{seed}-{stable_hash(spec.resolved(), 6)}"
+                    spec.run_id = f"{tname}-{mname}-{axis}{value:g}-s{seed}-{stable_hash(spec.identity(), 6)}"
                     specs.append(spec)
                     methods[spec.run_id] = method_cls(mcfg)
     return Plan(cfg, tasks, specs, methods)

@@ -24,6 +24,7 @@ from .config import stable_hash
 from .data import TokenizedColumns, format_dataset, tokenize, validate_rows
 from .errors import AlignbenchError
 from .logprobs import sequence_logps
+from .models import prepare_policy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import RunContext
@@ -193,8 +194,9 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
     train_probe = _subset(train, torch.arange(n_probe))
     pairs_train = _subset(prepare(env, "paired", "train", ctx.cache_dir, device), torch.arange(min(n_probe, len(env.preferences["train"]))))
 
-    policy = env.make_policy().to(device)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    policy = prepare_policy(env.make_policy(), tc).to(device)
+    params = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters only
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = warmup_schedule(optimizer, tc.warmup_steps)
     stream = BatchStream(len(train), tc.batch_size, ctx.seed)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")

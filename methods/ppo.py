@@ -35,6 +35,7 @@ from alignbench.config import check_int, check_nonnegative, check_positive, chec
 from alignbench.errors import ConfigError
 from alignbench.generation import sample
 from alignbench.logprobs import sequence_logps
+from alignbench.models import prepare_policy
 from alignbench.registry import register_method
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -336,7 +337,7 @@ class PPO(Method):
         t_setup = time.perf_counter()
         scorer, critic = self.make_scorer(ctx)
         critic = critic.to(device)
-        policy = env.make_policy().to(device)
+        policy = prepare_policy(env.make_policy(), ctx.train).to(device)
         reference = env.reference.to(device)
         for net in (policy, critic):
             net.eval()  # dropout off (TRL's PPO does the same); gradients still flow

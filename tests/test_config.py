@@ -60,3 +60,24 @@ def test_yaml_safe_loader_and_flags_override(tmp_path):
 def test_stable_hash_is_order_independent():
     assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_run_ids_survive_new_fields_with_defaults():
+    """Run ids hash only non-default fields: adding a config field with a default keeps old ids valid."""
+    from dataclasses import dataclass, field
+
+    from alignbench.config import non_default
+
+    @dataclass(frozen=True)
+    class Old:
+        a: int = 1
+
+    @dataclass(frozen=True)
+    class New:
+        a: int = 1
+        b: float = 2.0
+        c: tuple = field(default_factory=tuple)
+
+    assert stable_hash(non_default(Old(a=3))) == stable_hash(non_default(New(a=3)))
+    assert non_default(New(a=1, b=2.5)) == {"b": 2.5}
+    assert non_default(TrainConfig()) == {}
