@@ -110,6 +110,9 @@ class Method(ABC):
     needs_gold_reward: ClassVar[bool] = False  # the task's gold reward as the training signal
     needs_preferences: ClassVar[bool] = True  # preference pairs (directly or through a reward model)
     sweep_param: ClassVar[str] = "beta"  # the config field the sweep varies
+    # completion columns used only for batch statistics (no gradient; gathered over processes),
+    # e.g. KTO's mismatched completions that estimate z0
+    statistic_columns: ClassVar[tuple[str, ...]] = ()
     default_grid: ClassVar[tuple[float, ...]] = (0.05, 0.1, 0.3, 1.0, 3.0)
 
     def __init__(self, config: MethodConfig):

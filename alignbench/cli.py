@@ -139,6 +139,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         overrides["progress"] = False
     cfg = load_sweep_config(args.config, overrides)
     summary = run_sweep(cfg)
+    from .distributed import is_main_process
+
+    if not is_main_process():
+        return
     n_ok = int((summary["status"] == "ok").sum()) if len(summary) else 0
     print(f"{n_ok}/{len(summary)} runs ok; report: {cfg.out}/report.md")
 

@@ -85,6 +85,11 @@ class TokenizedColumns:
     def __len__(self) -> int:
         return next(iter(self.input_ids.values())).shape[0]
 
+    def select(self, cols: "list[str] | tuple[str, ...]") -> "TokenizedColumns":
+        """The same rows with only the completion columns ``cols``."""
+        return TokenizedColumns({c: self.input_ids[c] for c in cols}, {c: self.attention_mask[c] for c in cols},
+                                {c: self.completion_mask[c] for c in cols}, self.labels)
+
     def batch(self, idx: Tensor, device: torch.device) -> "TokenizedColumns":
         """Rows ``idx``, trimmed to the longest real sequence of the batch, moved to ``device``."""
         out: dict[str, dict[str, Tensor]] = {"input_ids": {}, "attention_mask": {}, "completion_mask": {}}

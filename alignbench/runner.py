@@ -28,6 +28,7 @@ from torch import nn
 from . import io
 from .api import EvalResult, Method, TaskEnv
 from .config import TrainConfig, non_default, stable_hash, to_dict
+from .distributed import is_main_process
 from .errors import TrainingFailure
 
 SUMMARY_KEYS = {  # summary.csv column <- final metric name
@@ -98,18 +99,21 @@ class RunSpec:
 class MetricsLogger:
     """Collects evaluation rows; rewrites ``metrics.jsonl`` atomically on each row; optional trackers."""
 
-    def __init__(self, path: Path, report_to: tuple[str, ...] = (), run_name: str = "", config: dict | None = None):
+    def __init__(self, path: Path, report_to: tuple[str, ...] = (), run_name: str = "", config: dict | None = None,
+                 write: bool = True):
         self.path = path
         self.rows: list[dict[str, Any]] = []
         self.trackers = []
-        for name in report_to:
+        self.write = write  # False on the non-main processes of a data-parallel run
+        for name in report_to if write else ():
             from .tracking import make_tracker
 
             self.trackers.append(make_tracker(name, path.parent, run_name, config or {}))
 
     def log(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        io.write_jsonl(self.path, self.rows)
+        if self.write:
+            io.write_jsonl(self.path, self.rows)
         for t in self.trackers:
             t.log(row)
 
@@ -201,7 +205,8 @@ class RunContext:
         extra.clear()
         extra.update(state["extra"])
         self.logger.rows = list(state["rows"])
-        io.write_jsonl(self.logger.path, self.logger.rows)
+        if self.logger.write:
+            io.write_jsonl(self.logger.path, self.logger.rows)
         torch.set_rng_state(state["torch_rng"])
         return int(state["step"])
 
@@ -237,21 +242,26 @@ def summarize(spec: RunSpec, ctx: RunContext | None, status: str, reason: str, w
 
 
 def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, device: torch.device,
-            cache_dir: Path, report_to: tuple[str, ...] = (), show_progress: bool = True) -> dict[str, Any]:
-    """Run one spec to completion or failure; write ``summary.json`` last. Returns the summary row."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    io.append_line(run_dir / "attempts.jsonl", io.dumps({"pid": os.getpid(), "host": platform.node(),
-                                                         "started": time.time()}))
-    io.write_json(run_dir / "config.json", spec.resolved())
+            cache_dir: Path, report_to: tuple[str, ...] = (), show_progress: bool = True) -> dict[str, Any] | None:
+    """Run one spec to completion or failure; write ``summary.json`` last. Returns the summary row.
+
+    In a data-parallel launch every process trains; only the main process writes (and returns) anything.
+    """
+    main = is_main_process()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        io.append_line(run_dir / "attempts.jsonl", io.dumps({"pid": os.getpid(), "host": platform.node(),
+                                                             "started": time.time()}))
+        io.write_json(run_dir / "config.json", spec.resolved())
     seed_everything(spec.seed)
-    logger = MetricsLogger(run_dir / "metrics.jsonl", report_to, spec.run_id, spec.resolved())
+    logger = MetricsLogger(run_dir / "metrics.jsonl", report_to, spec.run_id, spec.resolved(), write=main)
     ctx = RunContext(spec=spec, run_dir=run_dir, env=env, method=method, device=device, cache_dir=cache_dir,
-                     logger=logger, show_progress=show_progress)
+                     logger=logger, show_progress=show_progress and main)
     t0 = time.perf_counter()
     status, reason = "ok", ""
     try:
         method.run(ctx)
-        if ctx.last_eval is None:
+        if ctx.last_eval is None and main:
             raise TrainingFailure("the method never evaluated its policy", 0)
     except TrainingFailure as e:
         status, reason = "failed", f"{e.reason} at step {e.step}"
@@ -263,6 +273,8 @@ def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, devic
         io.write_text(run_dir / "traceback.txt", traceback.format_exc())
     finally:
         logger.close()
+    if not main:
+        return None
     steps = int(logger.rows[-1]["step"]) if logger.rows else 0
     summary = summarize(spec, ctx, status, reason, time.perf_counter() - t0, steps)
     if ctx.last_eval is not None and ctx.last_eval.per_prompt is not None:

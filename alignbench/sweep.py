@@ -21,6 +21,7 @@ from .config import (TrainConfig, check_choice, check_int, from_mapping, load_ya
                      to_dict)
 from .errors import AlignbenchError, ConfigError
 from .registry import get_method, get_task, load_plugins, methods as all_methods
+from .distributed import is_main_process, world_size
 from .runner import RunSpec, configure_threads, execute, summary_frame
 
 
@@ -139,6 +140,9 @@ def plan(cfg: SweepConfig) -> Plan:
             why = _compatible(method_cls, task_cls)
             if why:
                 raise AlignbenchError(why)
+            if world_size() > 1 and method_cls.data_format == "online":
+                raise AlignbenchError(f"methods: '{mname}' is online; a data-parallel launch (WORLD_SIZE="
+                                      f"{world_size()}) trains offline methods only; run it in a plain sweep")
             margs = {**task_cls.method_defaults.get(mname, {}), **cfg.method_args.get(mname, {})}
             axis = method_cls.sweep_param
             if mname in cfg.grid:
@@ -194,6 +198,9 @@ def _run_locked(cfg: SweepConfig, spec: RunSpec, method: Method, env_fn: Any, de
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         return io.read_json(summary_path)
+    if not is_main_process():  # data-parallel launch: the main process holds the lock, the others follow it
+        return execute(spec, env_fn(), method, run_dir, device=device, cache_dir=Path(cfg.cache_dir),
+                       report_to=cfg.report_to, show_progress=False)
     with io.file_lock(run_dir / ".lock", blocking=False) as got:
         if not got:  # another sweep process is running it; it writes its own summary
             return None
@@ -295,7 +302,7 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
     task_facts: dict[str, Any] = {}
     in_process = cfg.executor == "local" and cfg.workers == 1
     for tname, task in the_plan.tasks.items():
-        if any(s.task == tname for s in pending) or not (out / "sweep.json").exists():
+        if is_main_process() and (any(s.task == tname for s in pending) or not (out / "sweep.json").exists()):
             # task-level files: the exact frontier, arrays shared by all runs, estimation facts
             env = _env(task, cfg.cache_dir, device if in_process else select_device("cpu"))
             out.mkdir(parents=True, exist_ok=True)
@@ -307,6 +314,8 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
                 io.save_arrays(out / f"task_{tname}.npz", artifacts)
             task_facts[tname] = env.describe()
     results = _execute_pending(cfg, the_plan, pending) if pending else {}
+    if not is_main_process():
+        return summary_frame([r for r in results.values() if r is not None])
     rows = []
     for spec in the_plan.specs:
         row = results.get(spec.run_id) if spec.run_id in results else (

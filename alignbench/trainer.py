@@ -24,6 +24,7 @@ from .config import stable_hash
 from .data import TokenizedColumns, format_dataset, tokenize, validate_rows
 from .errors import AlignbenchError
 from .logprobs import sequence_logps
+from .distributed import Distributed
 from .models import prepare_policy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -194,22 +195,31 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
     train_probe = _subset(train, torch.arange(n_probe))
     pairs_train = _subset(prepare(env, "paired", "train", ctx.cache_dir, device), torch.arange(min(n_probe, len(env.preferences["train"]))))
 
+    # accelerate: DDP over processes under `accelerate launch`; the identity in a single process
+    dist = Distributed.for_device(device)
+    device = dist.device if dist.num_processes > 1 else device
     policy = prepare_policy(env.make_policy(), tc).to(device)
     params = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters only
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    policy, optimizer = dist.prepare(policy, optimizer)
     scheduler = warmup_schedule(optimizer, tc.warmup_steps)
     stream = BatchStream(len(train), tc.batch_size, ctx.seed)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    grad_cols = [c for c in FORMAT_COLUMNS[fmt] if c not in method.statistic_columns]
 
     def evaluate(step: int, running: dict[str, list[float]]) -> None:
+        if not dist.is_main:  # the other processes hold the same weights; one evaluates and writes
+            running.clear()
+            return
+        model = dist.unwrap(policy)
         extra = {k: sum(v) / len(v) for k, v in running.items() if v}
-        extra.update(preference_metrics(method, policy, held_out, pairs_eval, device, "eval"))
-        extra.update(preference_metrics(method, policy, train_probe, pairs_train, device, "train"))
-        ctx.evaluate(policy, step, extra)
+        extra.update(preference_metrics(method, model, held_out, pairs_eval, device, "eval"))
+        extra.update(preference_metrics(method, model, train_probe, pairs_train, device, "train"))
+        ctx.evaluate(model, step, extra)
         running.clear()
 
     running: dict[str, list[float]] = {}
-    modules = {"policy": policy, "optimizer": optimizer, "scheduler": scheduler, "stream": stream}
+    modules = {"policy": dist.unwrap(policy), "optimizer": optimizer, "scheduler": scheduler, "stream": stream}
     start = ctx.resume(modules, running)  # 0 on a fresh run; else the step of the last checkpoint
     if start == 0:
         evaluate(0, running)  # the reference itself: where every reward-vs-KL path starts
@@ -218,18 +228,23 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
     for step in range(start + 1, tc.steps + 1):
         optimizer.zero_grad(set_to_none=True)
         for _ in range(tc.grad_accum):
-            idx = next(stream)
+            idx = dist.shard(next(stream))  # every process draws the same batch and keeps its share
             batch = train.tokens.batch(idx, device)
             with autocast:
-                logps, lengths = concat_forward(policy, batch)
-            out = method.compute_loss(LogpBatch(
-                policy=logps,
-                reference={c: v[idx].to(device) for c, v in train.ref_logps.items()},
-                lengths=lengths,
-                labels=batch.labels,
-            ))
+                # chosen and rejected (or completion) in ONE forward; batch-statistic columns (KTO's
+                # mismatched pairs for z0) without gradient, gathered over processes
+                logps, lengths = concat_forward(policy, batch.select(grad_cols))
+                if method.statistic_columns:
+                    with torch.no_grad():
+                        stat_lp, stat_len = concat_forward(policy, batch.select(method.statistic_columns))
+            reference = {c: v[idx].to(device) for c, v in train.ref_logps.items()}
+            for c in method.statistic_columns:
+                logps[c], lengths[c] = dist.gather(stat_lp[c]), dist.gather(stat_len[c])
+                reference[c] = dist.gather(reference[c])
+            out = method.compute_loss(LogpBatch(policy=logps, reference=reference, lengths=lengths,
+                                                labels=batch.labels))
             ctx.check_finite(out.loss, "loss", step)
-            (out.loss / tc.grad_accum).backward()
+            dist.backward(out.loss / tc.grad_accum)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.max_grad_norm)
         ctx.check_finite(grad_norm, "gradient norm", step)
         optimizer.step()
@@ -242,10 +257,12 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
         bar.update(1)
         if step % tc.eval_every == 0 or step == tc.steps:
             evaluate(step, running)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in ctx.logger.rows[-1].items()
-                             if k in ("reward/gold", "kl/ref")})
-        if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
+            if ctx.logger.rows:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in ctx.logger.rows[-1].items()
+                                 if k in ("reward/gold", "kl/ref")})
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps and dist.is_main:
             ctx.save_checkpoint(step, modules, running)
+        dist.wait()
     bar.close()
 
 

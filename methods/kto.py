@@ -86,6 +86,7 @@ class KTO(OfflineMethod):
     description = "Kahneman-Tversky Optimization: unpaired desirable/undesirable rows against a KL reference point"
     config_cls = KTOConfig
     data_format = "unpaired"
+    statistic_columns = ("kl_completion",)  # z0 is detached: no gradient flows through these rows
     needs_reference = True
     # As for DPO, beta scales the implied reward inside a sigmoid: the loss saturates once |r - z0| >> 1/beta, so
     # beta = 3 barely moves from pi_ref and beta = 0.03 moves tens of nats, past the best reward.

@@ -40,3 +40,13 @@ def test_gradient_checkpointing_gives_the_same_metrics(tmp_path, cache_dir):
                            extra=["--train-arg", "gradient_checkpointing=true"])) == 0
     ka, kb = pd.read_csv(a / "summary.csv")["kl"][0], pd.read_csv(b / "summary.csv")["kl"][0]
     assert kb == pytest.approx(ka, rel=1e-5)
+
+
+def test_bf16_autocast_runs_and_stays_close_to_fp32(tmp_path, cache_dir):
+    """bf16 mixed precision (torch.autocast; on CPU here, on GPUs where supported) tracks the fp32 run."""
+    a, b = tmp_path / "fp32", tmp_path / "bf16"
+    assert main(sweep_args(a, cache_dir, methods="dpo", betas="0.5")) == 0
+    assert main(sweep_args(b, cache_dir, methods="dpo", betas="0.5", extra=["--train-arg", "precision=bf16"])) == 0
+    ka, kb = pd.read_csv(a / "summary.csv")["kl"][0], pd.read_csv(b / "summary.csv")["kl"][0]
+    assert kb != ka  # it really ran in reduced precision
+    assert kb == pytest.approx(ka, rel=0.2)

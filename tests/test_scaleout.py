@@ -41,3 +41,37 @@ def test_bad_executor_and_workers(tmp_path, cache_dir, capsys):
     assert main(sweep_args(tmp_path / "x", cache_dir, extra=["--workers", "0"])) == 2
     assert "workers: must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_data_parallel_two_processes_match_one_process(tmp_path, cache_dir, serial):
+    """torchrun with 2 CPU processes (gloo): each takes half of every batch, DDP averages gradients,
+    KTO's z0 is gathered over both; the results equal the single-process sweep's, written once."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not found next to the Python interpreter")
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ALIGNBENCH_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    args = sweep_args(out, cache_dir, methods="dpo,kto", betas="0.1,1.0")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29561", "-m", "alignbench", *args],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = comparable(out / "summary.csv"), comparable(serial / "summary.csv")
+    assert list(a["run_id"]) == list(b["run_id"])
+    for col in ("kl", "reward", "win_rate_vs_ref"):
+        assert a[col].to_numpy() == pytest.approx(b[col].to_numpy(), rel=1e-4, abs=1e-6), col
+    for run in (out / "runs").iterdir():
+        assert len((run / "attempts.jsonl").read_text().splitlines()) == 1  # only the main process writes
+        assert json.loads((run / "summary.json").read_text())["status"] == "ok"
+
+
+def test_online_methods_are_refused_in_a_data_parallel_launch(tmp_path, cache_dir, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(sweep_args(tmp_path / "x", cache_dir, methods="ppo", betas="0.1")) == 2
+    assert "'ppo' is online" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
