@@ -26,11 +26,19 @@ def bench():
         sys.modules.pop(spec.name, None)
 
 
-def test_bench_step_comparisons_tiny(bench, tmp_path):
+@pytest.mark.parametrize("data", ["synthetic", "exact"])
+def test_bench_step_comparisons_tiny(bench, tmp_path, data):
     pytest.importorskip("trl")
     sizes = replace(bench.QUICK, pairs=48, eval_pairs=8, batch_size=8, steps=6, warmup=1, repeats=1, words=24,
-                    prompt_words=(2, 4), completion_words=(2, 5), trl_defaults=False)
-    res = bench.bench_steps(sizes, tmp_path, with_trl=True, log=lambda _: None)
+                    prompt_words=(2, 4), completion_words=(2, 5), trl_defaults=False, threads=1)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        bench.apply_threads(sizes)
+        res = bench.bench_steps(sizes, tmp_path, data=data, with_trl=True, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
     for name in ("plain", "alignbench", "trl"):
         r = res[name]
         assert len(r["losses"]) == sizes.steps
@@ -41,5 +49,5 @@ def test_bench_step_comparisons_tiny(bench, tmp_path):
     assert res["plain_vs_alignbench_max_abs_loss_diff"] == 0.0
     assert res["alignbench_repeat_max_abs_loss_diff"] == 0.0
     assert res["trl_vs_alignbench_max_abs_loss_diff"] <= bench.GOAL_TRL_LOSS_AGREEMENT
-    text = bench.table({"steps": res}, sizes)
+    text = bench.table({"steps": {data: res}}, sizes)
     assert "harness overhead" in text and "TRL" in text

@@ -1,0 +1,836 @@
+"""alignbench performance benchmark (``make bench``): prints a table; not part of ``make test``.
+
+Four comparisons, each in this one process (docs/performance.md holds the measured table):
+
+1. **Harness overhead.** alignbench's DPO step (the real :func:`alignbench.trainer.train_offline`) vs a
+   plain PyTorch loop doing only forward, DPO loss, backward and AdamW step on pre-built batches: the same
+   model, the same 32-pair batches in the same order, the same AdamW, the same steps, precomputed (cached)
+   reference log-probs. The loss curves must agree exactly.
+2. **TRL.** The same alignbench run vs TRL's ``DPOTrainer`` on the same token ids, the same cached reference
+   log-probs, the same batches in the same order (alignbench's order, fed to TRL through
+   ``train_sampling_strategy="sequential"``), the same AdamW and constant learning rate. The loss curves agree
+   to ~1e-7 (TRL computes log-probs with its fused, chunked LM head: different rounding only).
+3. **Sweep sharing.** A 5-beta DPO sweep on the exact task in one ``run_sweep`` (reference model and
+   reference log-probs built once) vs the same 5 runs started one by one from scratch (fresh cache, cleared
+   in-process memos: each rebuilds the reference and its log-probs); the same for best-of-N, whose runs
+   share one learned reward model.
+4. **PPO.** Rollout tokens per second (``model.generate`` with the KV cache) and the share of each PPO
+   iteration spent generating, by wrapping ``alignbench.generation.sample`` as PPO calls it.
+
+Comparisons 1 and 2 run on two workloads with the peer setup's sizes (tiny GPT-2, 2 layers, d=64; 32 pairs per
+step; 64 steps): ``exact`` (the exact task's pairs, 5-token sequences, its reference weights as a plain GPT-2)
+and ``synthetic`` (random word sequences, 8-28 tokens). See :func:`make_bench_env`.
+
+What is timed (1, 2): per optimizer step, the wall time between consecutive step-end marks. For
+alignbench the mark is the progress bar's ``update(1)``, which ``train_offline`` calls after the
+optimizer step and the per-step metric bookkeeping and before any evaluation (the benchmark's run context
+hands it a timestamping bar instead of tqdm). For TRL it is a ``TrainerCallback.on_step_end``; for the plain
+loop, after ``optimizer.step()``. Evaluation and logging are outside the timed steps (alignbench evaluates
+only at step 0 and after the last step; TRL logs only after the last step). The first ``--warmup`` steps of
+every run are excluded; the figure is the median ms/step of each run, then the median over ``--repeats``
+runs (the three loops are interleaved in each repeat so that machine load affects them alike). Every loop
+runs with the same number of torch threads: alignbench's own choice (``runner.configure_threads``: 1 on CPU)
+unless ``--threads`` says otherwise.
+
+Usage: ``python benchmarks/bench.py [--quick] [--only overhead,trl,sweep,ppo] [--threads N] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+GOAL_OVERHEAD = 1.10  # alignbench step / plain step, at most
+GOAL_TRL_SPEEDUP = 2.0  # TRL step / alignbench step, at least (CPU)
+GOAL_TRL_LOSS_AGREEMENT = 1e-4  # max |loss_alignbench - loss_trl| over the steps
+
+
+# ------------------------------------------------------------------------------------------ sizes
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Benchmark sizes. The defaults are the peer setup (reference-notes.md): tiny GPT-2 2x64, 32 pairs, 64 steps."""
+
+    pairs: int = 2048  # training pairs (64 steps x 32 pairs = one epoch: no pair repeats)
+    eval_pairs: int = 64
+    batch_size: int = 32
+    steps: int = 64
+    warmup: int = 4  # steps excluded from the timing of every run
+    repeats: int = 9
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 4
+    words: int = 256  # word-level vocabulary of the synthetic data
+    prompt_words: tuple[int, int] = (4, 12)  # inclusive range of prompt lengths (words = tokens)
+    completion_words: tuple[int, int] = (4, 16)
+    lr: float = 1e-3
+    beta: float = 0.1
+    seed: int = 0
+    trl_defaults: bool = True  # also time TRL with its own defaults (gradient checkpointing on)
+    step_data: tuple[str, ...] = ("exact", "synthetic")  # workloads of the step comparisons (see make_bench_env)
+    threads: int | None = None  # torch CPU threads; None: alignbench's own choice (runner.configure_threads)
+    # sweep comparison (exact task)
+    sweep_betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)
+    sweep_steps: int | None = None  # None: the exact task's default (300)
+    sweep_task_args: dict = field(default_factory=dict)
+    bon_grid: tuple[int, ...] = (1, 4, 16, 64)
+    # PPO
+    ppo_iterations: int = 20
+    ppo_method: str = "ppo"
+
+
+# a tiny exact task (4 prompts x 64 responses, 1-layer reference; tests/conftest.py's TINY_EXACT)
+TINY_TASK = {"num_prompts": 4, "vocab_size": 4, "length": 3, "n_layer": 1, "n_embd": 32, "n_head": 2,
+             "pretrain_steps": 60, "num_train_pairs": 256, "num_eval_pairs": 64}
+
+QUICK = Sizes(pairs=256, eval_pairs=16, batch_size=16, steps=12, warmup=2, repeats=1, trl_defaults=False,
+              sweep_betas=(0.1, 1.0), sweep_steps=6, sweep_task_args=dict(TINY_TASK), bon_grid=(1, 4), ppo_iterations=3)
+
+
+# ------------------------------------------------------------------------------------------ facts
+
+
+def machine_facts() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gib = float("nan")
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = int(line.split()[1]) / 2**20
+    versions = {}
+    for pkg in ("torch", "transformers", "trl", "datasets", "accelerate", "numpy"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[pkg] = md.version(pkg)
+    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(mem_gib, 1), "torch_threads": torch.get_num_threads(),
+            "python": sys.version.split()[0], "platform": platform.platform(), "versions": versions,
+            "loadavg": load_average()}
+
+
+def apply_threads(sizes: Sizes) -> int:
+    """Set torch's CPU threads for the next part (``run_sweep`` sets its own, so this is re-applied per part)."""
+    if sizes.threads is not None:
+        torch.set_num_threads(sizes.threads)
+    else:
+        try:
+            from alignbench.runner import configure_threads
+        except ImportError:  # an older harness without it: torch's default
+            pass
+        else:
+            configure_threads(torch.device("cpu"))
+    return torch.get_num_threads()
+
+
+def load_average() -> tuple[float, float, float]:
+    try:
+        return tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[return-value]
+    except OSError:
+        return (float("nan"),) * 3  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------ the synthetic preference task
+
+
+def synthetic_preferences(n: int, sizes: Sizes, seed: int):
+    """Random word sequences: prompts and completions of varying lengths; 'chosen' draws from the low word ids."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    w = sizes.words
+
+    def words(lo: int, hi: int, vocab_lo: int, vocab_hi: int) -> str:
+        k = int(torch.randint(lo, hi + 1, (1,), generator=g))
+        return " ".join(f"w{int(i)}" for i in torch.randint(vocab_lo, vocab_hi, (k,), generator=g))
+
+    rows = {"prompt": [], "chosen": [], "rejected": []}
+    for _ in range(n):
+        rows["prompt"].append(words(*sizes.prompt_words, 0, w))
+        rows["chosen"].append(words(*sizes.completion_words, 0, w // 2))
+        rows["rejected"].append(words(*sizes.completion_words, w // 4, w))
+    return Dataset.from_dict(rows)
+
+
+def exact_env(sizes: Sizes, cache: Path):
+    """The exact task (its default config, or ``sizes.sweep_task_args``), built or loaded from ``cache``."""
+    from alignbench.config import from_mapping
+    from alignbench.registry import get_task
+
+    task_cls = get_task("exact")
+    task = task_cls(from_mapping(task_cls.config_cls, dict(sizes.sweep_task_args)))
+    return task.setup(cache, torch.device("cpu"))
+
+
+def make_bench_env(sizes: Sizes, data: str = "synthetic", tmp: Path | None = None):
+    """A minimal TaskEnv for the step comparisons: tokenizer, a frozen plain GPT-2 reference, pairs, a free evaluate().
+
+    ``data="synthetic"``: random word sequences (prompts ``sizes.prompt_words``, completions ``sizes.completion_words``
+    words long), a word-level tokenizer and a randomly initialised tiny GPT-2 (``sizes.n_layer`` x ``sizes.n_embd``).
+    ``data="exact"``: the exact task's training pairs (1-token prompts, L-token completions), tokenizer and reference
+    weights, loaded as a plain ``GPT2LMHeadModel`` (TRL's fused LM head reads ``lm_head.weight`` directly and would
+    bypass the task's response mask, so all three loops use the unmasked model).
+    """
+    from alignbench.api import EvalResult, GenerationSpec, TaskEnv
+    from alignbench.config import stable_hash
+    from alignbench.models import freeze, tiny_gpt2, weights_fingerprint
+    from alignbench.tokenization import build_word_tokenizer
+
+    if data == "synthetic":
+        tok = build_word_tokenizer([f"w{i}" for i in range(sizes.words)])
+        max_len = sizes.prompt_words[1] + sizes.completion_words[1]
+        reference = freeze(tiny_gpt2(len(tok), n_positions=max_len, n_layer=sizes.n_layer, n_embd=sizes.n_embd,
+                                     n_head=sizes.n_head, pad_token_id=tok.pad_token_id,
+                                     eos_token_id=tok.eos_token_id, seed=sizes.seed))
+        prefs = {"train": synthetic_preferences(sizes.pairs, sizes, sizes.seed),
+                 "eval": synthetic_preferences(sizes.eval_pairs, sizes, sizes.seed + 1)}
+    elif data == "exact":
+        from transformers import GPT2LMHeadModel
+
+        ex = exact_env(sizes, Path(tmp or tempfile.mkdtemp()) / "exact-cache")
+        tok = ex.tokenizer
+        reference = freeze(GPT2LMHeadModel.from_pretrained(str(ex.reference_dir)))
+        train, held = ex.preferences["train"], ex.preferences["eval"]
+        prefs = {"train": train.select(range(min(sizes.pairs, len(train)))),
+                 "eval": held.select(range(min(sizes.eval_pairs, len(held))))}
+    else:
+        raise ValueError(f"data: unknown workload {data!r} (synthetic, exact)")
+
+    class BenchEnv(TaskEnv):
+        task_name = f"bench-{data}"
+        has_gold_reward = False
+
+        def __init__(self):
+            self.tokenizer = tok
+            self.reference = reference
+            self.reference_dir = Path(".")
+            self.preferences = prefs
+            self.prompts = {s: list(d["prompt"]) for s, d in prefs.items()}
+            self.generation = GenerationSpec(max_new_tokens=16, eos_token_id=tok.eos_token_id)
+            self.fingerprint = stable_hash({"bench": data, "sizes": str(sizes),
+                                            "ref": weights_fingerprint(reference)}, n=16)
+
+        def gold_reward(self, prompts, completions):
+            return torch.zeros(len(prompts))
+
+        def evaluate(self, policy, *, beta=None, seed=0):
+            return EvalResult(metrics={})
+
+    return BenchEnv()
+
+
+# ------------------------------------------------------------------------------------------ step timing
+
+
+class StepClock:
+    """Stands in for the progress bar of train_offline / PPO: ``update()`` stamps the time (one mark per step)."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
+    def update(self, n: int = 1) -> None:
+        self.marks.append(time.perf_counter())
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def step_seconds(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+@dataclass
+class LoopResult:
+    name: str
+    step_s: list[float]  # wall seconds of each optimizer step, in order (warm-up included)
+    losses: list[float]  # loss of each step
+    total_s: float = float("nan")  # whole timed loop (all steps, warm-up included)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def median_ms(self, warmup: int) -> float:
+        return 1000 * statistics.median(self.step_s[warmup:])
+
+
+def make_timed_context(env, method, train, tmp: Path, seed: int):
+    """A RunContext whose progress bar is a StepClock and whose check_finite records the loss of each step."""
+    from alignbench.runner import MetricsLogger, RunContext, RunSpec
+
+    class TimedContext(RunContext):
+        def progress(self, total, desc):
+            return self.clock
+
+        def check_finite(self, value, what, step):
+            if what == "loss":
+                self.losses.append(value.detach())
+            super().check_finite(value, what, step)
+
+    spec = RunSpec(task=env.task_name, method=method.name, seed=seed, method_config=method.config,
+                   task_config=None, train=train, run_id="bench")
+    run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="run-"))
+    ctx = TimedContext(spec=spec, run_dir=run_dir, env=env, method=method, device=torch.device("cpu"),
+                       cache_dir=tmp / "cache", logger=MetricsLogger(run_dir / "metrics.jsonl"), show_progress=False)
+    ctx.clock = StepClock()
+    ctx.losses = []
+    return ctx
+
+
+def train_config(sizes: Sizes):
+    from alignbench.config import TrainConfig
+
+    # warmup 0 (constant lr, as in the other loops); max_grad_norm so large that clipping multiplies by exactly 1
+    # (the norm is still computed: it is part of alignbench's step); evaluation only at step 0 and at the end.
+    return TrainConfig(steps=sizes.steps, batch_size=sizes.batch_size, lr=sizes.lr, warmup_steps=0,
+                       weight_decay=0.0, max_grad_norm=1e9, eval_every=sizes.steps, checkpoint_every=0)
+
+
+def dpo_method(beta: float):
+    from alignbench.registry import get_method
+
+    cls = get_method("dpo")
+    return cls(cls.config_cls(beta=beta))
+
+
+def fresh_policy(env) -> torch.nn.Module:
+    policy = copy.deepcopy(env.reference)
+    policy.train()
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    return policy
+
+
+def run_alignbench(env, sizes: Sizes, tmp: Path) -> LoopResult:
+    """The real train_offline, timed per step through its progress-bar hook."""
+    from alignbench.runner import seed_everything
+    from alignbench.trainer import train_offline
+
+    method = dpo_method(sizes.beta)
+    ctx = make_timed_context(env, method, train_config(sizes), tmp, sizes.seed)
+    seed_everything(sizes.seed)
+    t0 = time.perf_counter()
+    train_offline(method, ctx)
+    wall = time.perf_counter() - t0
+    steps = ctx.clock.step_seconds()
+    return LoopResult("alignbench", steps, [float(x) for x in ctx.losses], total_s=sum(steps),
+                      extra={"wall_with_setup_and_eval_s": wall})
+
+
+def alignbench_batches(env, sizes: Sizes, tmp: Path):
+    """The batches train_offline sees, in its order, as the tensors its one concatenated forward gets.
+
+    Returns (train PreparedSplit, [(idx, input_ids, attention_mask, completion_mask, ref_chosen, ref_rejected)]).
+    """
+    from alignbench.trainer import BatchStream, prepare
+
+    train = prepare(env, "paired", "train", tmp / "cache", torch.device("cpu"))
+    stream = BatchStream(len(train), sizes.batch_size, sizes.seed)
+    out = []
+    for _ in range(sizes.steps):
+        idx = next(stream)
+        b = train.tokens.batch(idx, torch.device("cpu"))
+        t = max(v.shape[1] for v in b.input_ids.values())
+
+        def stack(d):
+            return torch.cat([F.pad(d[c], (0, t - d[c].shape[1])) for c in ("chosen", "rejected")])
+
+        out.append((idx, stack(b.input_ids), stack(b.attention_mask), stack(b.completion_mask),
+                    train.ref_logps["chosen"][idx], train.ref_logps["rejected"][idx]))
+    return train, out
+
+
+def run_plain(env, batches, sizes: Sizes) -> LoopResult:
+    """Forward, DPO loss, backward, AdamW step; nothing else (batches pre-built, no clipping, no bookkeeping)."""
+    torch.manual_seed(sizes.seed)
+    model = fresh_policy(env)
+    opt = torch.optim.AdamW(model.parameters(), lr=sizes.lr, weight_decay=0.0)
+    beta = sizes.beta
+    losses, marks = [], []
+    marks.append(time.perf_counter())
+    for _, ids, am, cm, ref_c, ref_r in batches:
+        opt.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids, attention_mask=am, use_cache=False).logits
+        logp = torch.gather(logits[:, :-1].log_softmax(-1), 2, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        seq = (logp * cm[:, 1:].to(logp.dtype)).sum(-1)
+        pc, pr = seq.chunk(2)
+        loss = -F.logsigmoid(beta * ((pc - ref_c) - (pr - ref_r))).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+        marks.append(time.perf_counter())
+    steps = [b - a for a, b in zip(marks, marks[1:])]
+    return LoopResult("plain", steps, [float(x) for x in losses], total_s=sum(steps))
+
+
+def trl_dataset(train, batches):
+    """TRL rows in alignbench's batch order: the same token ids (unpadded) and the same cached reference log-probs."""
+    from datasets import Dataset
+
+    tok = train.tokens
+    rows = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "ref_chosen_logps": [], "ref_rejected_logps": []}
+    for idx, *_ in batches:
+        for i in idx.tolist():
+            for col in ("chosen", "rejected"):
+                am, cm, ids = tok.attention_mask[col][i], tok.completion_mask[col][i], tok.input_ids[col][i]
+                n, p = int(am.sum()), int((am - cm).sum())
+                if col == "chosen":
+                    rows["prompt_ids"].append(ids[:p].tolist())
+                rows[f"{col}_ids"].append(ids[p:n].tolist())
+                rows[f"ref_{col}_logps"].append(float(train.ref_logps[col][i]))
+    return Dataset.from_dict(rows)
+
+
+def run_trl(env, dataset, sizes: Sizes, tmp: Path, *, gradient_checkpointing: bool = False) -> LoopResult:
+    """TRL 1.16 DPOTrainer on pre-tokenized rows with precomputed reference log-probs, sequential sampler."""
+    import warnings
+
+    import trl
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+    class Trainer(trl.DPOTrainer):
+        # the rows are already tokenized exactly as alignbench tokenized them, and carry alignbench's cached
+        # reference log-probs: skip TRL's own tokenization and reference pass (setup, outside the timed steps)
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            return dataset
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            self.bench_losses.append(loss.detach())
+            return loss
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.marks = []
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            self.marks.append(time.perf_counter())
+
+    torch.manual_seed(sizes.seed)
+    model = fresh_policy(env)
+    opt = torch.optim.AdamW(model.parameters(), lr=sizes.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    out_dir = tempfile.mkdtemp(dir=tmp, prefix="trl-")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        # the same AdamW and constant lr as alignbench (passed below as `optimizers`), no clipping in effect,
+        # alignbench's batch order (sequential sampler over rows already in that order), logging only after the
+        # last step, no checkpoints, no evaluation; activation (gradient) checkpointing off unless asked for
+        args = trl.DPOConfig(
+            output_dir=out_dir, report_to=[], bf16=False, use_cpu=True, seed=sizes.seed,
+            beta=sizes.beta, loss_type=["sigmoid"], precompute_ref_log_probs=True,
+            per_device_train_batch_size=sizes.batch_size, max_steps=sizes.steps, learning_rate=sizes.lr,
+            max_grad_norm=1e9, train_sampling_strategy="sequential", activation_checkpointing=gradient_checkpointing,
+            logging_steps=sizes.steps, save_strategy="no", eval_strategy="no", disable_tqdm=True,
+            dataloader_num_workers=0, dataloader_pin_memory=False,
+        )
+    clock = Clock()
+    with warnings.catch_warnings():  # TRL/transformers deprecation notices, irrelevant here
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        t0 = time.perf_counter()
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=env.tokenizer,
+                          optimizers=(opt, sched), callbacks=[clock])
+        trainer.bench_losses = []
+        trainer.remove_callback(PrinterCallback)  # no log lines on stdout (TRL logs after the last step anyway)
+        t1 = time.perf_counter()
+        trainer.train()
+        t2 = time.perf_counter()
+    steps = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
+    name = "trl (gradient checkpointing, TRL default)" if gradient_checkpointing else "trl"
+    res = LoopResult(name, steps, [float(x) for x in trainer.bench_losses], total_s=sum(steps),
+                     extra={"construct_s": t1 - t0, "train_call_s": t2 - t1})
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return res
+
+
+def bench_steps(sizes: Sizes, tmp: Path, *, data: str = "synthetic", with_trl: bool = True,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Comparisons 1 and 2 on one workload: plain loop vs alignbench vs TRL, interleaved over repeats."""
+    from alignbench.trainer import clear_memo
+
+    clear_memo()
+    env = make_bench_env(sizes, data, tmp)
+    train, batches = alignbench_batches(env, sizes, tmp)  # also fills the reference log-prob cache (setup)
+    ds = trl_dataset(train, batches) if with_trl else None
+    lengths = [int(b[1].shape[1]) for b in batches]
+    runs: dict[str, list[LoopResult]] = {}
+    loads = [load_average()]
+    for r in range(sizes.repeats):
+        order = [("plain", lambda: run_plain(env, batches, sizes)),
+                 ("alignbench", lambda: run_alignbench(env, sizes, tmp))]
+        if with_trl:
+            order.append(("trl", lambda: run_trl(env, ds, sizes, tmp)))
+            if sizes.trl_defaults and r == 0:
+                order.append(("trl_gc", lambda: run_trl(env, ds, sizes, tmp, gradient_checkpointing=True)))
+        for name, fn in order:
+            res = fn()
+            runs.setdefault(name, []).append(res)
+            log(f"  repeat {r + 1}/{sizes.repeats} {res.name:>10}: {res.median_ms(sizes.warmup):7.2f} ms/step "
+                f"(loop {res.total_s:.2f} s)")
+        loads.append(load_average())
+    w = sizes.warmup
+
+    def summary(name: str) -> dict[str, Any]:
+        meds = [x.median_ms(w) for x in runs[name]]
+        every = sorted(1000 * t for x in runs[name] for t in x.step_s[w:])
+        return {"median_ms_per_step": statistics.median(meds), "min_ms_per_step": min(meds),
+                "max_ms_per_step": max(meds),
+                # 10th percentile of every timed step of every repeat: interference from other processes only ever
+                # adds time, so a low percentile is the steadier estimate of a loop's own cost on a shared machine
+                "p10_ms_per_step": every[len(every) // 10],
+                "loop_s": statistics.median(x.total_s for x in runs[name]),
+                "per_repeat_ms": meds, "step_ms": [[1000 * t for t in x.step_s] for x in runs[name]],
+                "losses": runs[name][0].losses,
+                **{k: statistics.median(x.extra[k] for x in runs[name]) for k in runs[name][0].extra}}
+
+    out: dict[str, Any] = {name: summary(name) for name in runs}
+    a, p = out["alignbench"], out["plain"]
+    out["overhead_ratio"] = a["median_ms_per_step"] / p["median_ms_per_step"]
+    # robustness check: the ratio within each repeat (the loops of one repeat run back to back)
+    out["overhead_ratio_per_repeat"] = [x / y for x, y in zip(a["per_repeat_ms"], p["per_repeat_ms"])]
+    out["overhead_ratio_p10"] = a["p10_ms_per_step"] / p["p10_ms_per_step"]
+    out["plain_vs_alignbench_max_abs_loss_diff"] = max_abs_diff(a["losses"], p["losses"])
+    # the losses of every repeat agree (determinism), not only the first
+    out["alignbench_repeat_max_abs_loss_diff"] = max(max_abs_diff(x.losses, runs["alignbench"][0].losses)
+                                                     for x in runs["alignbench"])
+    if with_trl:
+        t = out["trl"]
+        out["trl_speedup"] = t["median_ms_per_step"] / a["median_ms_per_step"]
+        out["trl_speedup_per_repeat"] = [x / y for x, y in zip(t["per_repeat_ms"], a["per_repeat_ms"])]
+        out["trl_speedup_p10"] = t["p10_ms_per_step"] / a["p10_ms_per_step"]
+        out["trl_loop_speedup"] = t["loop_s"] / a["loop_s"]
+        out["trl_vs_alignbench_max_abs_loss_diff"] = max_abs_diff(a["losses"], t["losses"])
+        if "trl_gc" in out:
+            out["trl_gc_speedup"] = out["trl_gc"]["median_ms_per_step"] / a["median_ms_per_step"]
+    out["data"] = data
+    out["seq_len_per_step"] = {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths)}
+    out["loadavg"] = loads
+    return out
+
+
+def max_abs_diff(a: list[float], b: list[float]) -> float:
+    if len(a) != len(b):
+        return float("inf")
+    return max((abs(x - y) for x, y in zip(a, b)), default=0.0)
+
+
+# ------------------------------------------------------------------------------------------ sweep sharing
+
+
+def clear_process_memos() -> None:
+    """Forget everything a sweep memoises in-process (what a fresh process would not have)."""
+    from alignbench import reward_model, sweep, trainer
+
+    trainer.clear_memo()
+    reward_model._MEMO.clear()
+    getattr(sweep, "_ENVS", {}).clear()  # built task envs (reference model loaded, tables computed)
+    with contextlib.suppress(ImportError, AttributeError):
+        from methods import bon
+
+        bon._SCORE_TABLES.clear()
+
+
+class Stopwatch:
+    """Accumulate the wall time of calls to a patched module attribute."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._undo: list[Callable[[], None]] = []
+
+    def wrap(self, owner: Any, attr: str, label: str) -> None:
+        fn = getattr(owner, attr)
+        sw = self
+
+        def wrapped(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                sw.seconds[label] = sw.seconds.get(label, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, attr, wrapped)
+        self._undo.append(lambda: setattr(owner, attr, fn))
+
+    def restore(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+
+def _sweep(method: str, values: tuple, sizes: Sizes, out: Path, cache: Path) -> tuple[float, dict[str, float]]:
+    from alignbench import reward_model, trainer
+    from alignbench.registry import get_task
+    from alignbench.sweep import SweepConfig, run_sweep
+
+    grid = {method: list(values)}
+    cfg = SweepConfig(tasks=("exact",), methods=(method,), grid=grid, seeds=(0,), steps=sizes.sweep_steps,
+                      out=str(out), device="cpu", cache_dir=str(cache), progress=False,
+                      task_args={"exact": dict(sizes.sweep_task_args)} if sizes.sweep_task_args else {})
+    sw = Stopwatch()
+    sw.wrap(get_task("exact"), "setup", "task setup (reference model)")
+    sw.wrap(trainer, "prepare", "reference log-probs (prepare)")
+    sw.wrap(reward_model, "get_reward_model", "reward model")
+    t0 = time.perf_counter()
+    try:
+        summary = run_sweep(cfg)
+    finally:
+        sw.restore()
+    wall = time.perf_counter() - t0
+    if not (summary["status"] == "ok").all():
+        bad = summary[summary["status"] != "ok"][["run_id", "reason"]].to_string()
+        raise RuntimeError(f"benchmark sweep had failed runs:\n{bad}")
+    return wall, sw.seconds
+
+
+def bench_sweep(method: str, values: tuple, sizes: Sizes, tmp: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One sweep (cold cache, then warm cache) vs the same runs one by one from scratch."""
+    root = Path(tempfile.mkdtemp(dir=tmp, prefix=f"sweep-{method}-"))
+    # untimed warm-up on a tiny task: first-use costs (imports, matplotlib's font cache, report code) must not land
+    # on whichever of the three timed scenarios happens to run first
+    clear_process_memos()
+    _sweep(method, values[:1], replace(sizes, sweep_steps=1, sweep_task_args=dict(TINY_TASK)), root / "out-warmup",
+           root / "cache-warmup")
+    load0 = load_average()
+    clear_process_memos()
+    cold, cold_parts = _sweep(method, values, sizes, root / "out-shared-cold", root / "cache-shared")
+    log(f"  {method}: one sweep of {len(values)}, cold cache: {cold:.1f} s {fmt_parts(cold_parts)}")
+    clear_process_memos()
+    warm, warm_parts = _sweep(method, values, sizes, root / "out-shared-warm", root / "cache-shared")
+    log(f"  {method}: one sweep of {len(values)}, warm cache: {warm:.1f} s {fmt_parts(warm_parts)}")
+    separate, sep_parts = 0.0, {}
+    for i, v in enumerate(values):
+        clear_process_memos()
+        s, parts = _sweep(method, (v,), sizes, root / f"out-sep-{i}", root / f"cache-sep-{i}")
+        separate += s
+        for k, x in parts.items():
+            sep_parts[k] = sep_parts.get(k, 0.0) + x
+    log(f"  {method}: {len(values)} runs one by one from scratch: {separate:.1f} s {fmt_parts(sep_parts)}")
+    clear_process_memos()
+    shutil.rmtree(root, ignore_errors=True)
+    return {"method": method, "values": list(values), "shared_cold_s": cold, "shared_warm_s": warm,
+            "separate_s": separate, "saving_cold": separate / cold, "saving_warm": separate / warm,
+            "parts": {"shared_cold": cold_parts, "shared_warm": warm_parts, "separate": sep_parts},
+            "loadavg": [load0, load_average()]}
+
+
+def fmt_parts(parts: dict[str, float]) -> str:
+    return "(" + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + ")" if parts else ""
+
+
+# ------------------------------------------------------------------------------------------ PPO
+
+
+def bench_ppo(sizes: Sizes, tmp: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """PPO iterations on the exact task: generation time (wrapped sample) vs the whole iteration."""
+    import methods.ppo as ppo_mod
+    from alignbench.config import from_mapping
+    from alignbench.registry import get_method, get_task
+    from alignbench.runner import seed_everything
+
+    task_cls = get_task("exact")
+    task = task_cls(from_mapping(task_cls.config_cls, dict(sizes.sweep_task_args)))
+    env = exact_env(sizes, tmp / "exact-cache")  # the same cache as the exact workload of the step comparisons
+    method_cls = get_method(sizes.ppo_method)
+    method = method_cls(method_cls.config_cls(iterations=sizes.ppo_iterations))
+    train = task.train_config({"eval_every": sizes.ppo_iterations, "checkpoint_every": 0})
+    ctx = make_timed_context(env, method, train, tmp, 0)
+    if method.needs_reward_model:
+        ctx.reward_model()  # trained (or loaded) before the timed iterations, as a sweep shares it
+    gen = {"seconds": [], "tokens": [], "sequences": []}
+    real_sample = ppo_mod.sample
+
+    def timed_sample(*a, **k):
+        t0 = time.perf_counter()
+        s = real_sample(*a, **k)
+        gen["seconds"].append(time.perf_counter() - t0)
+        gen["tokens"].append(int(s.completion_mask.sum()))
+        gen["sequences"].append(int(s.input_ids.shape[0]))
+        return s
+
+    load0 = load_average()
+    ppo_mod.sample = timed_sample
+    try:
+        seed_everything(0)
+        method.run(ctx)
+    finally:
+        ppo_mod.sample = real_sample
+    it_s = ctx.clock.step_seconds()
+    n = len(it_s)
+    gen_s = gen["seconds"][:n]  # generation of iteration i happens inside iteration i's interval
+    w = min(1, n - 1)  # the first iteration (warm-up) is excluded from the medians
+    share = [g / t for g, t in zip(gen_s, it_s)][w:]
+    tps = [k / g for k, g in zip(gen["tokens"][:n], gen_s)][w:]
+    res = {"method": sizes.ppo_method, "iterations": n, "rollout_batch": method.config.rollout_batch,
+           "tokens_per_iteration": statistics.median(gen["tokens"]),
+           "tokens_per_s": statistics.median(tps), "generate_share": statistics.median(share),
+           "s_per_iteration": statistics.median(it_s[w:]), "generate_s_per_iteration": statistics.median(gen_s[w:]),
+           "ppo_own_perf": {k: v for k, v in ctx.extra_summary.items() if k.startswith("perf/")},
+           "loadavg": [load0, load_average()]}
+    log(f"  {sizes.ppo_method}: {res['tokens_per_s']:.0f} rollout tokens/s, generation {100 * res['generate_share']:.1f}% "
+        f"of {1000 * res['s_per_iteration']:.0f} ms/iteration")
+    return res
+
+
+# ------------------------------------------------------------------------------------------ the table
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def table(results: dict[str, Any], sizes: Sizes) -> str:
+    rows = ["| comparison | figure | goal | met? |", "|---|---|---|---|"]
+    for data, s in results.get("steps", {}).items():
+        L = s["seq_len_per_step"]
+        tag = f"[{data}: {L['min']}-{L['max']} tokens/sequence]"
+        p, a = s["plain"], s["alignbench"]
+        rows.append(f"| {tag} plain PyTorch loop (forward, loss, backward, AdamW) | {p['median_ms_per_step']:.2f} ms/step "
+                    f"(repeats {p['min_ms_per_step']:.2f}-{p['max_ms_per_step']:.2f}; p10 {p['p10_ms_per_step']:.2f}) | | |")
+        rows.append(f"| {tag} alignbench DPO step (`train_offline`) | {a['median_ms_per_step']:.2f} ms/step "
+                    f"(repeats {a['min_ms_per_step']:.2f}-{a['max_ms_per_step']:.2f}; p10 {a['p10_ms_per_step']:.2f}) | | |")
+        rows.append(f"| {tag} harness overhead: alignbench / plain | {s['overhead_ratio']:.3f}x (p10 steps: "
+                    f"{s['overhead_ratio_p10']:.3f}x) | <= {GOAL_OVERHEAD:.2f}x | "
+                    f"{verdict(s['overhead_ratio'] <= GOAL_OVERHEAD)} |")
+        d = s["plain_vs_alignbench_max_abs_loss_diff"]
+        rows.append(f"| {tag} loss curves alignbench vs plain, max abs diff over {sizes.steps} steps | {d:.1e} | "
+                    f"identical (0) | {verdict(d == 0.0)} |")
+        if "trl" in s:
+            t = s["trl"]
+            rows.append(f"| {tag} TRL `DPOTrainer` step | {t['median_ms_per_step']:.2f} ms/step "
+                        f"(repeats {t['min_ms_per_step']:.2f}-{t['max_ms_per_step']:.2f}; p10 {t['p10_ms_per_step']:.2f}) | | |")
+            rows.append(f"| {tag} TRL / alignbench, per step | {s['trl_speedup']:.2f}x (p10 steps: "
+                        f"{s['trl_speedup_p10']:.2f}x) | >= {GOAL_TRL_SPEEDUP:.1f}x | "
+                        f"{verdict(s['trl_speedup'] >= GOAL_TRL_SPEEDUP)} |")
+            rows.append(f"| {tag} TRL / alignbench, {sizes.steps}-step loop wall time | {t['loop_s']:.2f} s / "
+                        f"{a['loop_s']:.2f} s = {s['trl_loop_speedup']:.2f}x | >= {GOAL_TRL_SPEEDUP:.1f}x | "
+                        f"{verdict(s['trl_loop_speedup'] >= GOAL_TRL_SPEEDUP)} |")
+            d = s["trl_vs_alignbench_max_abs_loss_diff"]
+            rows.append(f"| {tag} loss curves alignbench vs TRL, max abs diff over {sizes.steps} steps | {d:.1e} | "
+                        f"<= {GOAL_TRL_LOSS_AGREEMENT:.0e} | {verdict(d <= GOAL_TRL_LOSS_AGREEMENT)} |")
+            if "trl_gc" in s:
+                g = s["trl_gc"]
+                rows.append(f"| {tag} TRL with its default gradient checkpointing (1 run) | "
+                            f"{g['median_ms_per_step']:.2f} ms/step = {s['trl_gc_speedup']:.2f}x alignbench | "
+                            f"(informative) | |")
+    for key in ("sweep_dpo", "sweep_bon"):
+        w = results.get(key)
+        if w:
+            what = "reference model + reference log-probs" if w["method"] != "bon" else "reference model + reward model"
+            n = len(w["values"])
+            rows.append(f"| {w['method']} sweep of {n} ({what} shared): one `run_sweep`, cold cache | "
+                        f"{w['shared_cold_s']:.1f} s | | |")
+            rows.append(f"| ... the same sweep, warm cache | {w['shared_warm_s']:.1f} s | | |")
+            rows.append(f"| ... the same {n} runs one by one, each from scratch | {w['separate_s']:.1f} s | | |")
+            rows.append(f"| saving: one by one / one sweep (cold; warm) | {w['saving_cold']:.2f}x; {w['saving_warm']:.2f}x "
+                        f"| > 1x (no number set) | {verdict(w['saving_cold'] > 1)} |")
+    pp = results.get("ppo")
+    if pp:
+        rows.append(f"| {pp['method']} rollout generation (KV cache), exact task | {pp['tokens_per_s']:.0f} tokens/s "
+                    f"({pp['tokens_per_iteration']:.0f} tokens/iteration) | (no number set) | |")
+        rows.append(f"| {pp['method']} share of an iteration spent generating | {100 * pp['generate_share']:.1f}% of "
+                    f"{1000 * pp['s_per_iteration']:.0f} ms/iteration | (no number set) | |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (checks that the script works; numbers meaningless)")
+    ap.add_argument("--only", default="overhead,trl,sweep,ppo", help="comma-separated subset of overhead,trl,sweep,ppo")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats of the step loops (default 9)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per loop (default 64)")
+    ap.add_argument("--sweep-steps", type=int, default=None, help="steps per sweep run (default: the exact task's 300)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads for every loop (default: alignbench's choice, 1 on CPU)")
+    ap.add_argument("--json", default=None, help="also write every figure (with per-step losses) to this file")
+    args = ap.parse_args(argv)
+    for k, v in (("ALIGNBENCH_QUIET", "1"), ("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"),
+                 ("TQDM_DISABLE", "1")):
+        os.environ.setdefault(k, v)  # no progress bars, no network (all models are built locally)
+    sizes = QUICK if args.quick else Sizes()
+    over = {k: v for k, v in (("repeats", args.repeats), ("steps", args.steps), ("sweep_steps", args.sweep_steps),
+                                      ("threads", args.threads))
+            if v is not None}
+    if over:
+        sizes = replace(sizes, **over)
+    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    unknown = parts - {"overhead", "trl", "sweep", "ppo"}
+    if unknown:
+        ap.error(f"--only: unknown part(s) {sorted(unknown)}")
+    from alignbench.models import quiet_transformers
+
+    quiet_transformers()
+    facts = machine_facts()
+    print(f"alignbench bench: {facts['nproc']} CPUs ({facts['cpu']}), {facts['mem_gib']} GiB, torch threads "
+          f"{facts['torch_threads']}, python {facts['python']}, "
+          + ", ".join(f"{k} {v}" for k, v in facts["versions"].items()))
+    print(f"load average at start: {facts['loadavg']}")
+    results: dict[str, Any] = {"machine": facts, "sizes": {k: getattr(sizes, k) for k in sizes.__dataclass_fields__}}
+    tmp = Path(tempfile.mkdtemp(prefix="alignbench-bench-"))
+    try:
+        if parts & {"overhead", "trl"}:
+            results["threads_steps"] = apply_threads(sizes)
+            print(f"[1-2] DPO steps ({results['threads_steps']} torch threads): {sizes.batch_size} pairs/step, "
+                  f"{sizes.steps} steps, {sizes.repeats} repeats, first {sizes.warmup} steps excluded")
+            results["steps"] = {}
+            for data in sizes.step_data:
+                print(f"  workload: {data}")
+                results["steps"][data] = bench_steps(sizes, tmp, data=data, with_trl="trl" in parts)
+        if "sweep" in parts:
+            apply_threads(sizes)  # run_sweep applies alignbench's own choice anyway
+            results["threads_sweep"] = "run_sweep's own (runner.configure_threads)"
+            print(f"[3] sweep sharing on the exact task ({sizes.sweep_steps or 'default'} steps per run)")
+            results["sweep_dpo"] = bench_sweep("dpo", sizes.sweep_betas, sizes, tmp)
+            results["sweep_bon"] = bench_sweep("bon", sizes.bon_grid, sizes, tmp)
+        if "ppo" in parts:
+            results["threads_ppo"] = apply_threads(sizes)
+            print(f"[4] PPO rollouts on the exact task ({sizes.ppo_iterations} iterations, "
+                  f"{results['threads_ppo']} torch threads)")
+            results["ppo"] = bench_ppo(sizes, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["loadavg_end"] = load_average()
+    print()
+    print(table(results, sizes))
+    print()
+    print(f"load average at end: {results['loadavg_end']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
