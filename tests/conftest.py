@@ -40,3 +40,23 @@ def tiny_exact_env(cache_dir):
     task_cls = get_task("exact")
     task = task_cls(from_mapping(task_cls.config_cls, TINY_EXACT))
     return task.setup(cache_dir, torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def task():
+    """The SMALL_EXACT task (used by the RLHF tests)."""
+    from alignbench.config import from_mapping
+    from alignbench.registry import get_task
+
+    task_cls = get_task("exact")
+    return task_cls(from_mapping(task_cls.config_cls, SMALL_EXACT))
+
+
+@pytest.fixture(scope="session")
+def cache(cache_dir):
+    return cache_dir  # one cache for the session: test modules share references and reward models
+
+
+@pytest.fixture(scope="session")
+def env(task, cache):
+    return task.setup(cache, torch.device("cpu"))

@@ -19,20 +19,7 @@ from methods.bon import BestOfN, BestOfNConfig, bon_kl_bound, rm_score_table
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def task():
-    task_cls = get_task("exact")
-    return task_cls(from_mapping(task_cls.config_cls, SMALL_EXACT))
-
-
-@pytest.fixture(scope="module")
-def cache(cache_dir):
-    return cache_dir  # the session-wide cache of conftest.py: test modules share the reference and RM
-
-
-@pytest.fixture(scope="module")
-def env(task, cache):
-    return task.setup(cache, CPU)
+# fixtures `task`, `cache` and `env` (the SMALL_EXACT task, built once per session): tests/conftest.py
 
 
 def _run(task, env, cache, out, n: int, **extra):
