@@ -10,6 +10,8 @@ Rows live in ``datasets.Dataset`` objects:
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +87,11 @@ class TokenizedColumns:
     def __len__(self) -> int:
         return next(iter(self.input_ids.values())).shape[0]
 
+    @functools.cached_property
+    def row_lengths(self) -> dict[str, Tensor]:
+        """col -> (N,) real (unpadded) tokens per row; computed once, used by every batch."""
+        return {c: am.sum(-1) for c, am in self.attention_mask.items()}
+
     def select(self, cols: "list[str] | tuple[str, ...]") -> "TokenizedColumns":
         """The same rows with only the completion columns ``cols``."""
         return TokenizedColumns({c: self.input_ids[c] for c in cols}, {c: self.attention_mask[c] for c in cols},
@@ -94,10 +101,9 @@ class TokenizedColumns:
         """Rows ``idx``, trimmed to the longest real sequence of the batch, moved to ``device``."""
         out: dict[str, dict[str, Tensor]] = {"input_ids": {}, "attention_mask": {}, "completion_mask": {}}
         for col in self.input_ids:
-            am = self.attention_mask[col][idx]
-            t = int(am.sum(-1).max())
+            t = int(self.row_lengths[col][idx].max())
             out["input_ids"][col] = self.input_ids[col][idx, :t].to(device, non_blocking=True)
-            out["attention_mask"][col] = am[:, :t].to(device, non_blocking=True)
+            out["attention_mask"][col] = self.attention_mask[col][idx, :t].to(device, non_blocking=True)
             out["completion_mask"][col] = self.completion_mask[col][idx, :t].to(device, non_blocking=True)
         labels = self.labels[idx].to(device) if self.labels is not None else None
         return TokenizedColumns(out["input_ids"], out["attention_mask"], out["completion_mask"], labels)

@@ -271,7 +271,7 @@ class SequenceJudge:
                  max_length: int = 512, strip: Sequence[str] = ()):
         from transformers import AutoModelForSequenceClassification
 
-        from .models import freeze, load_tokenizer
+        from .models import fast_kernels, freeze, load_tokenizer
 
         if input_mode not in ("concat", "pair"):
             raise AlignbenchError(f"judge_input: must be 'concat' or 'pair', got {input_mode!r}")
@@ -287,7 +287,7 @@ class SequenceJudge:
                                   f"({_first_line(e)}); {_hint(what, str(name_or_path), 'model')}") from None
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model = freeze(model.to(device))
+        self.model = freeze(fast_kernels(model).to(device))
         self.device = torch.device(device)
         self.input_mode, self.output = input_mode, output
         self.batch_size, self.max_length = batch_size, max_length

@@ -40,13 +40,36 @@ def select_device(name: str = "auto") -> torch.device:
         raise AlignbenchError(f"device: unknown device '{name}' (auto, cpu, cuda, cuda:N)") from None
 
 
+def fast_kernels(model: nn.Module) -> nn.Module:
+    """Run GPT-2's tanh-approximated GELU through torch's fused kernel (in place; returns ``model``).
+
+    transformers builds GPT-2 (and other ``gelu_new`` models) with ``NewGELUActivation``, the tanh
+    formula written as six element-wise ops; ``GELUTanh`` (transformers' ``gelu_pytorch_tanh``) computes
+    the same function in one ``F.gelu(approximate="tanh")`` call, equal up to float rounding
+    (``tests/test_optim.py`` bounds the logit difference at 1e-5). On the CPU it makes a tiny GPT-2's training
+    step about 20% faster. The config is updated too, so a saved copy reloads with the same kernel.
+    """
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+    config = getattr(model, "config", None)
+    for key in ("activation_function", "hidden_act"):
+        if getattr(config, key, None) == "gelu_new":
+            setattr(config, key, "gelu_pytorch_tanh")
+    return model
+
+
 def tiny_gpt2(vocab_size: int, n_positions: int, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
               pad_token_id: int = 0, eos_token_id: int | None = None, seed: int = 0) -> nn.Module:
-    """A small GPT-2 built from a config (no download)."""
+    """A small GPT-2 built from a config (no download), with the fused GELU kernel (:func:`fast_kernels`)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_layer=n_layer, n_embd=n_embd,
                      n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     activation_function="gelu_pytorch_tanh",
                      pad_token_id=pad_token_id, bos_token_id=eos_token_id if eos_token_id is not None else pad_token_id,
                      eos_token_id=eos_token_id if eos_token_id is not None else pad_token_id)
     torch.manual_seed(seed)
@@ -55,12 +78,14 @@ def tiny_gpt2(vocab_size: int, n_positions: int, n_layer: int = 2, n_embd: int =
 
 def load_causal_lm(name_or_path: str | Path, *, what: str = "model", trust_remote_code: bool = False,
                    dtype: torch.dtype | None = None) -> nn.Module:
-    """AutoModelForCausalLM.from_pretrained on a hub name or a local folder, with a one-line error."""
+    """AutoModelForCausalLM.from_pretrained on a hub name or a local folder (with :func:`fast_kernels`),
+    with a one-line error."""
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code,
-                                                    dtype=dtype, use_safetensors=None)
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code,
+                                                     dtype=dtype, use_safetensors=None)
+        return fast_kernels(model)
     except Exception as e:  # noqa: BLE001 - turn any loading failure into one line naming the source
         raise AlignbenchError(_unreachable(what, name_or_path, e)) from None
 
@@ -137,10 +162,11 @@ def train_causal_lm(model: nn.Module, input_ids: torch.Tensor, loss_mask: torch.
     loss_mask (N, T) is 1 on tokens whose likelihood is maximised (the next-token targets).
     """
     from .logprobs import token_logps
+    from .optim import clip_gradients, make_optimizer
 
     g = torch.Generator().manual_seed(seed)
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = make_optimizer(model.parameters(), lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
     losses = []
@@ -154,7 +180,7 @@ def train_causal_lm(model: nn.Module, input_ids: torch.Tensor, loss_mask: torch.
         loss = -(lp * m).sum() / m.sum().clamp_min(1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        clip_gradients(model.parameters(), 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())

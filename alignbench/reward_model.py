@@ -38,6 +38,8 @@ from torch import Tensor, nn
 from . import io
 from .config import check_int, check_nonnegative, check_positive, from_mapping, param, stable_hash, to_dict
 from .errors import AlignbenchError
+from .models import fast_kernels
+from .optim import clip_gradients, make_optimizer, warmup_schedule
 
 SCORE_CHUNK = 256
 _MEMO: dict[tuple[str, str], "RewardModel"] = {}
@@ -167,7 +169,8 @@ def _quiet_transformers():
 
 
 def scalar_model_from(path: str | Path, pad_token_id: int | None, *, zero_head: bool = False) -> nn.Module:
-    """``AutoModelForSequenceClassification(num_labels=1)`` from a causal-LM folder, with pad_token_id set.
+    """``AutoModelForSequenceClassification(num_labels=1)`` from a causal-LM folder, with pad_token_id set
+    and the fused GELU kernel (:func:`alignbench.models.fast_kernels`).
 
     The backbone is loaded from ``path``; the scalar head is new (``zero_head``: initialised to 0, so the
     first outputs are 0, as for a fresh value head).
@@ -180,6 +183,7 @@ def scalar_model_from(path: str | Path, pad_token_id: int | None, *, zero_head: 
         except Exception as e:  # noqa: BLE001
             first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise AlignbenchError(f"reward model: cannot build a scalar head on '{path}' ({first})") from None
+    fast_kernels(model)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     if zero_head:
@@ -335,8 +339,8 @@ def train_reward_model(env, seed: int, device: torch.device, cfg: RewardModelCon
     torch.manual_seed(seed)
     model = scalar_model_from(env.reference_dir, env.tokenizer.pad_token_id).to(device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    sched = warmup_schedule(opt, cfg.warmup_steps)
     n = len(train_tok)
     bs = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // bs)
@@ -362,7 +366,7 @@ def train_reward_model(env, seed: int, device: torch.device, cfg: RewardModelCon
                 raise AlignbenchError(f"reward model: non-finite Bradley-Terry loss at epoch {epoch}, step {i}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            clip_gradients(model.parameters(), cfg.max_grad_norm)
             opt.step()
             sched.step()
             run_loss += float(loss.detach()) * b

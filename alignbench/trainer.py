@@ -26,6 +26,7 @@ from .errors import AlignbenchError
 from .logprobs import sequence_logps
 from .distributed import Distributed
 from .models import prepare_policy
+from .optim import clip_gradients, make_optimizer, warmup_schedule
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import RunContext
@@ -64,8 +65,9 @@ def concat_forward(model: nn.Module, batch: TokenizedColumns) -> tuple[dict[str,
     cols = list(batch.input_ids)
     t = max(batch.input_ids[c].shape[1] for c in cols)
 
-    def stack(d: dict[str, Tensor]) -> Tensor:
-        return torch.cat([torch.nn.functional.pad(d[c], (0, t - d[c].shape[1])) for c in cols])
+    def stack(d: dict[str, Tensor]) -> Tensor:  # (padding only the columns that need it)
+        return torch.cat([d[c] if d[c].shape[1] == t else torch.nn.functional.pad(d[c], (0, t - d[c].shape[1]))
+                          for c in cols])
 
     out = sequence_logps(model, stack(batch.input_ids), stack(batch.attention_mask), stack(batch.completion_mask))
     b = batch.input_ids[cols[0]].shape[0]
@@ -151,11 +153,6 @@ class BatchStream:
         self.perm, self.pos = state["perm"], int(state["pos"])
 
 
-def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup to the peak lr, then constant (the DPO reference code's schedule)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
-
-
 @torch.no_grad()
 def preference_metrics(method: OfflineMethod, policy: nn.Module, data: PreparedSplit, pairs: PreparedSplit,
                        device: torch.device, prefix: str) -> dict[str, float]:
@@ -199,8 +196,7 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
     dist = Distributed.for_device(device)
     device = dist.device if dist.num_processes > 1 else device
     policy = prepare_policy(env.make_policy(), tc).to(device)
-    params = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters only
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = make_optimizer(policy.parameters(), tc.lr, tc.weight_decay)  # LoRA: the adapters only
     policy, optimizer = dist.prepare(policy, optimizer)
     scheduler = warmup_schedule(optimizer, tc.warmup_steps)
     stream = BatchStream(len(train), tc.batch_size, ctx.seed)
@@ -245,7 +241,7 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
                                                 labels=batch.labels))
             ctx.check_finite(out.loss, "loss", step)
             dist.backward(out.loss / tc.grad_accum)
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.max_grad_norm)
+        grad_norm = clip_gradients(policy.parameters(), tc.max_grad_norm)
         ctx.check_finite(grad_norm, "gradient norm", step)
         optimizer.step()
         scheduler.step()

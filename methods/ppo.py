@@ -36,6 +36,7 @@ from alignbench.errors import ConfigError
 from alignbench.generation import sample
 from alignbench.logprobs import sequence_logps
 from alignbench.models import prepare_policy
+from alignbench.optim import clip_gradients, make_optimizer, warmup_schedule
 from alignbench.registry import register_method
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -345,13 +346,9 @@ class PPO(Method):
                 p.requires_grad_(True)
         lr = cfg.lr if cfg.lr is not None else tc.lr
         critic_lr = cfg.critic_lr if cfg.critic_lr is not None else lr
-        opt_pi = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=tc.weight_decay)
-        opt_v = torch.optim.AdamW(critic.parameters(), lr=critic_lr, weight_decay=tc.weight_decay)
-
-        def warm(s: int) -> float:  # linear warmup over optimizer steps, then constant
-            return min(1.0, (s + 1) / max(1, tc.warmup_steps))
-
-        scheds = [torch.optim.lr_scheduler.LambdaLR(o, warm) for o in (opt_pi, opt_v)]
+        opt_pi = make_optimizer(policy.parameters(), lr, tc.weight_decay)
+        opt_v = make_optimizer(critic.parameters(), critic_lr, tc.weight_decay)
+        scheds = [warmup_schedule(o, tc.warmup_steps) for o in (opt_pi, opt_v)]  # linear warmup, then constant
         kl_ctl = AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.horizon)
         iterations = cfg.iterations if cfg.iterations is not None else tc.steps
         temperature = float(cfg.temperature if cfg.temperature is not None else env.generation.temperature)
@@ -419,8 +416,8 @@ class PPO(Method):
                     opt_pi.zero_grad(set_to_none=True)
                     opt_v.zero_grad(set_to_none=True)
                     loss.backward()
-                    gn_pi = torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.max_grad_norm)
-                    gn_v = torch.nn.utils.clip_grad_norm_(critic.parameters(), tc.max_grad_norm)
+                    gn_pi = clip_gradients(policy.parameters(), tc.max_grad_norm)
+                    gn_v = clip_gradients(critic.parameters(), tc.max_grad_norm)
                     ctx.check_finite(gn_pi, "policy gradient norm", it)
                     ctx.check_finite(gn_v, "critic gradient norm", it)
                     opt_pi.step()

@@ -70,7 +70,7 @@ from alignbench.errors import ConfigError, DataError
 from alignbench.registry import register_task
 
 MAX_RESPONSES = 4096
-REFERENCE_VERSION = 2  # bump when the way the reference is built changes (invalidates caches)
+REFERENCE_VERSION = 3  # bump when the way the reference is built changes (invalidates caches)
 _REFERENCE_FIELDS = ("num_prompts", "vocab_size", "length", "seed", "base_temperature", "n_layer", "n_embd",
                      "n_head", "pretrain_samples", "pretrain_steps", "pretrain_batch_size", "pretrain_lr")
 _LOGP_CHUNK = 4096  # sequences per forward pass of logp_table

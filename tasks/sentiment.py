@@ -287,7 +287,7 @@ class SentimentConfig:
         return {"version": BUILD_VERSION, **{k: d[k] for k in keep}}
 
 
-BUILD_VERSION = 1  # bump when the grammar or the build changes, to invalidate caches
+BUILD_VERSION = 2  # bump when the grammar or the build changes, to invalidate caches
 
 
 # ------------------------------------------------------------------------------------------ env
