@@ -86,7 +86,8 @@ class Sizes:
     lr: float = 1e-3
     beta: float = 0.1
     seed: int = 0
-    trl_defaults: bool = True  # also time TRL with its own defaults (gradient checkpointing on)
+    trl_defaults: bool = True  # also time TRL with its own defaults (gradient checkpointing on; 1 run)
+    trl_stock: bool = True  # also time TRL on the stock gelu_new module (3 runs)
     step_data: tuple[str, ...] = ("exact", "synthetic")  # workloads of the step comparisons (see make_bench_env)
     threads: int | None = None  # torch CPU threads; None: alignbench's own choice (runner.configure_threads)
     # sweep comparison (exact task)
@@ -103,7 +104,7 @@ class Sizes:
 TINY_TASK = {"num_prompts": 4, "vocab_size": 4, "length": 3, "n_layer": 1, "n_embd": 32, "n_head": 2,
              "pretrain_steps": 60, "num_train_pairs": 256, "num_eval_pairs": 64}
 
-QUICK = Sizes(pairs=256, eval_pairs=16, batch_size=16, steps=12, warmup=2, repeats=1, trl_defaults=False,
+QUICK = Sizes(pairs=256, eval_pairs=16, batch_size=16, steps=12, warmup=2, repeats=1, trl_defaults=False, trl_stock=False,
               sweep_betas=(0.1, 1.0), sweep_steps=6, sweep_task_args=dict(TINY_TASK), bon_grid=(1, 4), ppo_iterations=3)
 
 
@@ -365,9 +366,11 @@ def alignbench_batches(env, sizes: Sizes, tmp: Path):
 
 def run_plain(env, batches, sizes: Sizes) -> LoopResult:
     """Forward, DPO loss, backward, AdamW step; nothing else (batches pre-built, no clipping, no bookkeeping)."""
+    from alignbench.optim import make_optimizer
+
     torch.manual_seed(sizes.seed)
     model = fresh_policy(env)
-    opt = torch.optim.AdamW(model.parameters(), lr=sizes.lr, weight_decay=0.0)
+    opt = make_optimizer(model.parameters(), sizes.lr)  # the same (fused) AdamW as alignbench and TRL's default
     beta = sizes.beta
     losses, marks = [], []
     marks.append(time.perf_counter())
@@ -404,8 +407,26 @@ def trl_dataset(train, batches):
     return Dataset.from_dict(rows)
 
 
-def run_trl(env, dataset, sizes: Sizes, tmp: Path, *, gradient_checkpointing: bool = False) -> LoopResult:
-    """TRL 1.16 DPOTrainer on pre-tokenized rows with precomputed reference log-probs, sequential sampler."""
+def stock_kernels(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo alignbench's fused GELU (models.fast_kernels): GPT-2 as transformers builds it by default (gelu_new)."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, GELUTanh):
+                setattr(module, name, NewGELUActivation())
+    model.config.activation_function = "gelu_new"
+    return model
+
+
+def run_trl(env, dataset, sizes: Sizes, tmp: Path, *, gradient_checkpointing: bool = False,
+            stock: bool = False) -> LoopResult:
+    """TRL 1.16 DPOTrainer on pre-tokenized rows with precomputed reference log-probs, sequential sampler.
+
+    ``stock``: the policy with transformers' default GELU module (gelu_new) instead of alignbench's fused one,
+    i.e. the model as a TRL user loads the same checkpoint (for information; the goal compares the same module).
+    """
+    from alignbench.optim import make_optimizer
     import warnings
 
     import trl
@@ -440,8 +461,8 @@ def run_trl(env, dataset, sizes: Sizes, tmp: Path, *, gradient_checkpointing: bo
             self.marks.append(time.perf_counter())
 
     torch.manual_seed(sizes.seed)
-    model = fresh_policy(env)
-    opt = torch.optim.AdamW(model.parameters(), lr=sizes.lr, weight_decay=0.0)
+    model = stock_kernels(fresh_policy(env)) if stock else fresh_policy(env)
+    opt = make_optimizer(model.parameters(), sizes.lr)  # fused AdamW: alignbench's, and TRL's own default
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     out_dir = tempfile.mkdtemp(dir=tmp, prefix="trl-")
     with warnings.catch_warnings():
@@ -470,7 +491,8 @@ def run_trl(env, dataset, sizes: Sizes, tmp: Path, *, gradient_checkpointing: bo
         trainer.train()
         t2 = time.perf_counter()
     steps = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
-    name = "trl (gradient checkpointing, TRL default)" if gradient_checkpointing else "trl"
+    name = ("trl (gradient checkpointing, TRL default)" if gradient_checkpointing
+            else "trl (stock gelu_new module)" if stock else "trl")
     res = LoopResult(name, steps, [float(x) for x in trainer.bench_losses], total_s=sum(steps),
                      extra={"construct_s": t1 - t0, "train_call_s": t2 - t1})
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -496,6 +518,8 @@ def bench_steps(sizes: Sizes, tmp: Path, *, data: str = "synthetic", with_trl: b
             order.append(("trl", lambda: run_trl(env, ds, sizes, tmp)))
             if sizes.trl_defaults and r == 0:
                 order.append(("trl_gc", lambda: run_trl(env, ds, sizes, tmp, gradient_checkpointing=True)))
+            if sizes.trl_stock and r < 3:
+                order.append(("trl_stock", lambda: run_trl(env, ds, sizes, tmp, stock=True)))
         for name, fn in order:
             res = fn()
             runs.setdefault(name, []).append(res)
@@ -534,8 +558,9 @@ def bench_steps(sizes: Sizes, tmp: Path, *, data: str = "synthetic", with_trl: b
         out["trl_speedup_p10"] = t["p10_ms_per_step"] / a["p10_ms_per_step"]
         out["trl_loop_speedup"] = t["loop_s"] / a["loop_s"]
         out["trl_vs_alignbench_max_abs_loss_diff"] = max_abs_diff(a["losses"], t["losses"])
-        if "trl_gc" in out:
-            out["trl_gc_speedup"] = out["trl_gc"]["median_ms_per_step"] / a["median_ms_per_step"]
+        for k in ("trl_gc", "trl_stock"):
+            if k in out:
+                out[f"{k}_speedup"] = out[k]["median_ms_per_step"] / a["median_ms_per_step"]
     out["data"] = data
     out["seq_len_per_step"] = {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths)}
     out["loadavg"] = loads
@@ -670,15 +695,13 @@ def bench_ppo(sizes: Sizes, tmp: Path, log: Callable[[str], None] = print) -> di
     ctx = make_timed_context(env, method, train, tmp, 0)
     if method.needs_reward_model:
         ctx.reward_model()  # trained (or loaded) before the timed iterations, as a sweep shares it
-    gen = {"seconds": [], "tokens": [], "sequences": []}
+    calls: list[tuple[float, float, int]] = []  # (start time, seconds, completion tokens) of each sample() call
     real_sample = ppo_mod.sample
 
     def timed_sample(*a, **k):
         t0 = time.perf_counter()
         s = real_sample(*a, **k)
-        gen["seconds"].append(time.perf_counter() - t0)
-        gen["tokens"].append(int(s.completion_mask.sum()))
-        gen["sequences"].append(int(s.input_ids.shape[0]))
+        calls.append((t0, time.perf_counter() - t0, int(s.completion_mask.sum())))
         return s
 
     load0 = load_average()
@@ -688,16 +711,21 @@ def bench_ppo(sizes: Sizes, tmp: Path, log: Callable[[str], None] = print) -> di
         method.run(ctx)
     finally:
         ppo_mod.sample = real_sample
-    it_s = ctx.clock.step_seconds()
-    n = len(it_s)
-    gen_s = gen["seconds"][:n]  # generation of iteration i happens inside iteration i's interval
-    w = min(1, n - 1)  # the first iteration (warm-up) is excluded from the medians
-    share = [g / t for g, t in zip(gen_s, it_s)][w:]
-    tps = [k / g for k, g in zip(gen["tokens"][:n], gen_s)][w:]
-    res = {"method": sizes.ppo_method, "iterations": n, "rollout_batch": method.config.rollout_batch,
-           "tokens_per_iteration": statistics.median(gen["tokens"]),
-           "tokens_per_s": statistics.median(tps), "generate_share": statistics.median(share),
-           "s_per_iteration": statistics.median(it_s[w:]), "generate_s_per_iteration": statistics.median(gen_s[w:]),
+    # an iteration = the interval between two consecutive progress marks; its generation time = the sample()
+    # calls that start inside that interval
+    marks = ctx.clock.marks
+    its = []
+    for a, b in zip(marks, marks[1:]):
+        inside = [(sec, tok) for t0, sec, tok in calls if a <= t0 < b]
+        its.append((b - a, sum(x for x, _ in inside), sum(t for _, t in inside)))
+    its = its[1:] if len(its) > 1 else its  # the first timed iteration warms up generate()'s caches
+    res = {"method": sizes.ppo_method, "iterations": sizes.ppo_iterations, "timed_iterations": len(its),
+           "rollout_batch": method.config.rollout_batch,
+           "tokens_per_iteration": statistics.median(t for _, _, t in its),
+           "tokens_per_s": statistics.median(t / g for _, g, t in its),
+           "generate_share": statistics.median(g / it for it, g, _ in its),
+           "s_per_iteration": statistics.median(it for it, _, _ in its),
+           "generate_s_per_iteration": statistics.median(g for _, g, _ in its),
            "ppo_own_perf": {k: v for k, v in ctx.extra_summary.items() if k.startswith("perf/")},
            "loadavg": [load0, load_average()]}
     log(f"  {sizes.ppo_method}: {res['tokens_per_s']:.0f} rollout tokens/s, generation {100 * res['generate_share']:.1f}% "
@@ -718,7 +746,7 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
         L = s["seq_len_per_step"]
         tag = f"[{data}: {L['min']}-{L['max']} tokens/sequence]"
         p, a = s["plain"], s["alignbench"]
-        rows.append(f"| {tag} plain PyTorch loop (forward, loss, backward, AdamW) | {p['median_ms_per_step']:.2f} ms/step "
+        rows.append(f"| {tag} plain PyTorch loop (forward, loss, backward, fused AdamW) | {p['median_ms_per_step']:.2f} ms/step "
                     f"(repeats {p['min_ms_per_step']:.2f}-{p['max_ms_per_step']:.2f}; p10 {p['p10_ms_per_step']:.2f}) | | |")
         rows.append(f"| {tag} alignbench DPO step (`train_offline`) | {a['median_ms_per_step']:.2f} ms/step "
                     f"(repeats {a['min_ms_per_step']:.2f}-{a['max_ms_per_step']:.2f}; p10 {a['p10_ms_per_step']:.2f}) | | |")
@@ -746,6 +774,11 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
                 rows.append(f"| {tag} TRL with its default gradient checkpointing (1 run) | "
                             f"{g['median_ms_per_step']:.2f} ms/step = {s['trl_gc_speedup']:.2f}x alignbench | "
                             f"(informative) | |")
+            if "trl_stock" in s:
+                g = s["trl_stock"]
+                rows.append(f"| {tag} TRL on the stock module (transformers' six-op gelu_new, not alignbench's fused "
+                            f"kernel; {len(g['per_repeat_ms'])} runs) | {g['median_ms_per_step']:.2f} ms/step = "
+                            f"{s['trl_stock_speedup']:.2f}x alignbench | (informative) | |")
     for key in ("sweep_dpo", "sweep_bon"):
         w = results.get(key)
         if w:

@@ -51,3 +51,13 @@ def test_bench_step_comparisons_tiny(bench, tmp_path, data):
     assert res["trl_vs_alignbench_max_abs_loss_diff"] <= bench.GOAL_TRL_LOSS_AGREEMENT
     text = bench.table({"steps": {data: res}}, sizes)
     assert "harness overhead" in text and "TRL" in text
+
+
+def test_bench_ppo_tiny(bench, tmp_path):
+    sizes = replace(bench.QUICK, ppo_iterations=2, threads=1)
+    res = bench.bench_ppo(sizes, tmp_path, log=lambda _: None)
+    assert res["iterations"] == 2
+    for k in ("tokens_per_s", "generate_share", "s_per_iteration"):
+        assert math.isfinite(res[k]) and res[k] > 0, k
+    assert 0 < res["generate_share"] < 1
+    assert "ppo" in bench.table({"ppo": res}, sizes)
