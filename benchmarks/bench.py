@@ -61,7 +61,13 @@ if str(ROOT) not in sys.path:
 
 GOAL_OVERHEAD = 1.10  # alignbench step / plain step, at most
 GOAL_TRL_SPEEDUP = 2.0  # TRL step / alignbench step, at least (CPU)
-GOAL_TRL_LOSS_AGREEMENT = 1e-4  # max |loss_alignbench - loss_trl| over the steps
+# The loss curves must agree. Both loops compute the same loss from the same weights, so at step 1 they differ
+# only by float rounding (TRL sums log-probs in another order); training then amplifies those differences (Adam
+# normalises tiny gradients), so two goals: the first EARLY_STEPS steps agree to 1e-5 (the same computation),
+# and every step agrees to 0.1% of the loss (the same curve)
+EARLY_STEPS = 16
+GOAL_TRL_LOSS_AGREEMENT = 1e-5  # max |loss_alignbench - loss_trl| over the first EARLY_STEPS steps
+GOAL_TRL_LOSS_REL_AGREEMENT = 1e-3  # max |loss_alignbench - loss_trl| / loss_alignbench over all steps
 
 
 # ------------------------------------------------------------------------------------------ sizes
@@ -558,6 +564,9 @@ def bench_steps(sizes: Sizes, tmp: Path, *, data: str = "synthetic", with_trl: b
         out["trl_speedup_p10"] = t["p10_ms_per_step"] / a["p10_ms_per_step"]
         out["trl_loop_speedup"] = t["loop_s"] / a["loop_s"]
         out["trl_vs_alignbench_max_abs_loss_diff"] = max_abs_diff(a["losses"], t["losses"])
+        out["trl_vs_alignbench_max_abs_loss_diff_early"] = max_abs_diff(a["losses"][:EARLY_STEPS],
+                                                                       t["losses"][:EARLY_STEPS])
+        out["trl_vs_alignbench_max_rel_loss_diff"] = max_rel_diff(a["losses"], t["losses"])
         for k in ("trl_gc", "trl_stock"):
             if k in out:
                 out[f"{k}_speedup"] = out[k]["median_ms_per_step"] / a["median_ms_per_step"]
@@ -571,6 +580,13 @@ def max_abs_diff(a: list[float], b: list[float]) -> float:
     if len(a) != len(b):
         return float("inf")
     return max((abs(x - y) for x, y in zip(a, b)), default=0.0)
+
+
+def max_rel_diff(a: list[float], b: list[float]) -> float:
+    """max |a - b| / |a| (inf when the lengths differ)."""
+    if len(a) != len(b):
+        return float("inf")
+    return max((abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)), default=0.0)
 
 
 # ------------------------------------------------------------------------------------------ sweep sharing
@@ -766,9 +782,13 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
             rows.append(f"| {tag} TRL / alignbench, {sizes.steps}-step loop wall time | {t['loop_s']:.2f} s / "
                         f"{a['loop_s']:.2f} s = {s['trl_loop_speedup']:.2f}x | >= {GOAL_TRL_SPEEDUP:.1f}x | "
                         f"{verdict(s['trl_loop_speedup'] >= GOAL_TRL_SPEEDUP)} |")
-            d = s["trl_vs_alignbench_max_abs_loss_diff"]
-            rows.append(f"| {tag} loss curves alignbench vs TRL, max abs diff over {sizes.steps} steps | {d:.1e} | "
-                        f"<= {GOAL_TRL_LOSS_AGREEMENT:.0e} | {verdict(d <= GOAL_TRL_LOSS_AGREEMENT)} |")
+            d = s["trl_vs_alignbench_max_abs_loss_diff_early"]
+            rows.append(f"| {tag} loss curves alignbench vs TRL, max abs diff over the first {EARLY_STEPS} steps | "
+                        f"{d:.1e} | <= {GOAL_TRL_LOSS_AGREEMENT:.0e} | {verdict(d <= GOAL_TRL_LOSS_AGREEMENT)} |")
+            d, r = s["trl_vs_alignbench_max_abs_loss_diff"], s["trl_vs_alignbench_max_rel_loss_diff"]
+            rows.append(f"| {tag} loss curves alignbench vs TRL over all {sizes.steps} steps: max relative diff "
+                        f"(max abs) | {r:.1e} ({d:.1e}) | <= {GOAL_TRL_LOSS_REL_AGREEMENT:.0e} relative | "
+                        f"{verdict(r <= GOAL_TRL_LOSS_REL_AGREEMENT)} |")
             if "trl_gc" in s:
                 g = s["trl_gc"]
                 rows.append(f"| {tag} TRL with its default gradient checkpointing (1 run) | "
