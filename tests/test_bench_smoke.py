@@ -62,3 +62,13 @@ def test_bench_ppo_tiny(bench, tmp_path):
         assert math.isfinite(res[k]) and res[k] > 0, k
     assert 0 < res["generate_share"] < 1
     assert "ppo" in bench.table({"ppo": res}, sizes)
+
+
+def test_bench_kernels_tiny(bench, tmp_path):
+    sizes = replace(bench.QUICK, pairs=48, eval_pairs=8, batch_size=8, steps=6, warmup=1, repeats=1, words=24,
+                    prompt_words=(2, 4), completion_words=(2, 5), threads=1)
+    res = bench.bench_kernels(sizes, tmp_path, data="synthetic", log=lambda _: None)
+    assert math.isfinite(res["speedup"]) and res["speedup"] > 0
+    # stock and fused kernels compute the same losses up to float rounding
+    assert res["max_abs_loss_diff"] < 1e-5
+    assert "stock kernels" in bench.table({"kernels": {"synthetic": res}}, sizes)
