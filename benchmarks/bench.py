@@ -9,8 +9,8 @@ Five comparisons, each in this one process (docs/performance.md holds the measur
 2. **TRL.** The same alignbench run vs TRL's ``DPOTrainer`` on the same token ids, the same cached reference
    log-probs, the same batches in the same order (alignbench's order, fed to TRL through
    ``train_sampling_strategy="sequential"``), the same module and the same (fused) AdamW with a constant
-   learning rate. The loss curves agree to ~1e-7 at first (TRL sums log-probs in another order: rounding
-   only); training amplifies the rounding, so the whole curve is held to 0.1%.
+   learning rate. The loss curves agree to ~1e-7 at first (TRL computes log-probs through its own code path:
+   rounding only); training amplifies the rounding, so the whole curve is held to 0.1%.
 3. **Sweep sharing.** A 5-beta DPO sweep on the exact task in one ``run_sweep`` (reference model and
    reference log-probs built once) vs the same 5 runs started one by one from scratch (fresh cache, cleared
    in-process memos: each rebuilds the reference and its log-probs); the same for best-of-N, whose runs
@@ -66,7 +66,7 @@ if str(ROOT) not in sys.path:
 GOAL_OVERHEAD = 1.10  # alignbench step / plain step, at most
 GOAL_TRL_SPEEDUP = 2.0  # TRL step / alignbench step, at least (CPU)
 # The loss curves must agree. Both loops compute the same loss from the same weights, so at step 1 they differ
-# only by float rounding (TRL sums log-probs in another order); training then amplifies those differences (Adam
+# only by float rounding (TRL computes log-probs through its own code path); training then amplifies those differences (Adam
 # normalises tiny gradients), so two goals: the first EARLY_STEPS steps agree to 1e-5 (the same computation),
 # and every step agrees to 0.1% of the loss (the same curve)
 EARLY_STEPS = 16
