@@ -11,7 +11,6 @@ Rows live in ``datasets.Dataset`` objects:
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from typing import Any
 
