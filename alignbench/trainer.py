@@ -1,7 +1,8 @@
 """The one training loop for every offline method (DPO, IPO, KTO and any paired/unpaired plugin).
 
-Per step: one concatenated forward of all completion columns of the batch (chosen and rejected,
-or completion and its mismatched KL completion) through the policy; reference log-probs come from
+Per step: one forward of all completion columns of the batch through the policy (chosen and rejected
+packed behind one copy of their shared prompt, ``packing.py``; otherwise the columns concatenated on
+the batch axis, e.g. KTO's completion and its mismatched KL completion); reference log-probs come from
 a cache computed once per (task, data, reference model) and shared by every method and beta of a
 sweep; the method turns the log-probs into a loss; AdamW with linear warmup, gradient clipping,
 periodic evaluation (the task's exact or sampled metrics plus held-out preference metrics).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ from .logprobs import sequence_logps
 from .distributed import Distributed
 from .models import prepare_policy
 from .optim import clip_gradients, make_optimizer, warmup_schedule
+from .packing import CHECK_TOLERANCE, packed_forward, prompts_shared, worth_packing
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import RunContext
@@ -73,6 +76,47 @@ def concat_forward(model: nn.Module, batch: TokenizedColumns) -> tuple[dict[str,
     b = batch.input_ids[cols[0]].shape[0]
     return ({c: out.sum[i * b:(i + 1) * b] for i, c in enumerate(cols)},
             {c: out.count[i * b:(i + 1) * b] for i, c in enumerate(cols)})
+
+
+class PolicyForward:
+    """The policy's training forward: shared-prompt packing (``packing.py``) where it applies, else ``concat_forward``.
+
+    Packing applies when ``share_prompt`` is on, there are at least two gradient columns whose prompts are
+    identical in every row (paired data: chosen and rejected), the model gives the same log-probs packed as
+    unpacked on a probe batch (checked once, in eval mode, to ``CHECK_TOLERANCE``), and, per batch, when
+    it saves enough positions (``worth_packing``). ``last_packed`` tells whether the last call packed.
+    """
+
+    def __init__(self, model: nn.Module, tokens: TokenizedColumns, cols: list[str], enabled: bool,
+                 device: torch.device):
+        self.cols, self.last_packed, self.reason = cols, False, ""
+        self.pack = enabled and prompts_shared(tokens, cols)
+        if self.pack:
+            probe = tokens.batch(torch.arange(min(len(tokens), 8)), device).select(cols)
+            self.pack, self.reason = _packing_agrees(model, probe, cols)
+
+    def __call__(self, model: nn.Module, batch: TokenizedColumns) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        plan = worth_packing(batch, self.cols) if self.pack else None
+        self.last_packed = plan is not None
+        return packed_forward(model, batch, self.cols, plan) if self.last_packed else concat_forward(model, batch)
+
+
+@torch.no_grad()
+def _packing_agrees(model: nn.Module, probe: TokenizedColumns, cols: list[str]) -> tuple[bool, str]:
+    """Whether ``model`` gives the packed forward the unpacked log-probs (it must honour position ids and 4D masks)."""
+    was = model.training
+    model.eval()  # no dropout: the two forwards must be comparable
+    try:
+        packed, _ = packed_forward(model, probe, cols)
+        plain, _ = concat_forward(model, probe)
+        diff = max(float((packed[c].float() - plain[c].float()).abs().max()) for c in cols)
+    except (TypeError, ValueError, RuntimeError, IndexError) as e:  # e.g. no position_ids, no 4D masks
+        return False, f"the model rejects packed inputs ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    finally:
+        model.train(was)
+    if not diff <= CHECK_TOLERANCE:
+        return False, f"packed and unpacked log-probs differ by {diff:.3g} (> {CHECK_TOLERANCE:g})"
+    return True, ""
 
 
 @torch.no_grad()
@@ -198,10 +242,14 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
     policy = prepare_policy(env.make_policy(), tc).to(device)
     optimizer = make_optimizer(policy.parameters(), tc.lr, tc.weight_decay)  # LoRA: the adapters only
     policy, optimizer = dist.prepare(policy, optimizer)
+    trainable = [p for p in policy.parameters() if p.requires_grad]  # listed once: clipped every step
     scheduler = warmup_schedule(optimizer, tc.warmup_steps)
     stream = BatchStream(len(train), tc.batch_size, ctx.seed)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     grad_cols = [c for c in FORMAT_COLUMNS[fmt] if c not in method.statistic_columns]
+    forward = PolicyForward(dist.unwrap(policy), train.tokens, grad_cols, tc.share_prompt, device)
+    if forward.reason:
+        print(f"alignbench: {method.name}: shared-prompt packing off: {forward.reason}", file=sys.stderr)
 
     def evaluate(step: int, running: dict[str, list[float]]) -> None:
         if not dist.is_main:  # the other processes hold the same weights; one evaluates and writes
@@ -229,7 +277,7 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
             with autocast:
                 # chosen and rejected (or completion) in ONE forward; batch-statistic columns (KTO's
                 # mismatched pairs for z0) without gradient, gathered over processes
-                logps, lengths = concat_forward(policy, batch.select(grad_cols))
+                logps, lengths = forward(policy, batch.select(grad_cols))
                 if method.statistic_columns:
                     with torch.no_grad():
                         stat_lp, stat_len = concat_forward(policy, batch.select(method.statistic_columns))
@@ -241,13 +289,14 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
                                                 labels=batch.labels))
             ctx.check_finite(out.loss, "loss", step)
             dist.backward(out.loss / tc.grad_accum)
-        grad_norm = clip_gradients(policy.parameters(), tc.max_grad_norm)
+        grad_norm = clip_gradients(trainable, tc.max_grad_norm)
         ctx.check_finite(grad_norm, "gradient norm", step)
         optimizer.step()
         scheduler.step()
 
         running.setdefault("train/batch_loss", []).append(out.loss.item())
         running.setdefault("train/grad_norm", []).append(grad_norm.item())
+        running.setdefault("train/packed", []).append(float(forward.last_packed))
         for k, v in out.metrics.items():
             running.setdefault(k, []).append(float(v))
         bar.update(1)

@@ -39,7 +39,7 @@ def test_bench_step_comparisons_tiny(bench, tmp_path, data):
         res = bench.bench_steps(sizes, tmp_path, data=data, with_trl=True, log=lambda _: None)
     finally:
         torch.set_num_threads(threads)
-    for name in ("plain", "alignbench", "trl"):
+    for name in ("plain", "unpacked", "alignbench", "trl"):
         r = res[name]
         assert len(r["losses"]) == sizes.steps
         assert all(math.isfinite(x) for x in r["losses"])
@@ -48,6 +48,11 @@ def test_bench_step_comparisons_tiny(bench, tmp_path, data):
     # the same batches, model, optimizer: alignbench's loop and the plain loop agree exactly, TRL to ~1e-4
     assert res["plain_vs_alignbench_max_abs_loss_diff"] == 0.0
     assert res["alignbench_repeat_max_abs_loss_diff"] == 0.0
+    # the default step packs chosen and rejected behind one prompt where that saves positions (the synthetic
+    # prompts here are about as long as the completions; the exact task's are 1 token): the same curve to rounding
+    assert (res["packed_share"] > 0.5) if data == "synthetic" else (res["packed_share"] == 0.0)
+    assert res["default_vs_plain_max_abs_loss_diff_early"] <= bench.GOAL_TRL_LOSS_AGREEMENT
+    assert res["default_vs_plain_max_rel_loss_diff"] <= bench.GOAL_TRL_LOSS_REL_AGREEMENT
     assert res["trl_vs_alignbench_max_abs_loss_diff_early"] <= bench.GOAL_TRL_LOSS_AGREEMENT
     assert res["trl_vs_alignbench_max_rel_loss_diff"] <= bench.GOAL_TRL_LOSS_REL_AGREEMENT
     text = bench.table({"steps": {data: res}}, sizes)

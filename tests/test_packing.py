@@ -1,0 +1,185 @@
+"""Shared-prompt packing: the layout by hand, equality with the concatenated forward (values and gradients),
+the fallbacks, and a training run packed vs unpacked."""
+
+import pandas as pd
+import pytest
+import torch
+
+from alignbench import packing
+from alignbench.cli import main
+from alignbench.data import TokenizedColumns
+from alignbench.models import tiny_gpt2
+from alignbench.packing import pack_shared_prompt, packed_forward, plan_packing, prompts_shared, worth_packing
+from alignbench.trainer import PolicyForward, concat_forward
+
+from .test_sweep import sweep_args
+
+
+def columns(rows: list[tuple[list[int], list[int], list[int]]], pad: int = 0) -> TokenizedColumns:
+    """(prompt, chosen, rejected) token lists -> right-padded TokenizedColumns, as data.tokenize lays them out."""
+    ids, am, cm = {}, {}, {}
+    for k, col in ((1, "chosen"), (2, "rejected")):
+        seqs = [r[0] + r[k] for r in rows]
+        t = max(map(len, seqs))
+        ids[col] = torch.tensor([s + [pad] * (t - len(s)) for s in seqs])
+        am[col] = torch.tensor([[1] * len(s) + [0] * (t - len(s)) for s in seqs])
+        cm[col] = torch.tensor([[0] * len(r[0]) + [1] * len(r[k]) + [0] * (t - len(r[0]) - len(r[k])) for r in rows])
+    return TokenizedColumns(ids, am, cm, None)
+
+
+def random_rows(n: int, vocab: int, seed: int) -> list[tuple[list[int], list[int], list[int]]]:
+    g = torch.Generator().manual_seed(seed)
+
+    def seq(lo, hi):
+        return torch.randint(1, vocab, (int(torch.randint(lo, hi + 1, (1,), generator=g)),), generator=g).tolist()
+
+    return [(seq(1, 9), seq(1, 7), seq(1, 7)) for _ in range(n)]
+
+
+@pytest.fixture
+def narrow_rows(monkeypatch):
+    """Rows exactly as wide as the longest example (the layout tests below are written for that)."""
+    monkeypatch.setattr(packing, "MIN_ROW_WIDTH", 1)
+
+
+def test_layout_by_hand(narrow_rows):
+    # row 0: prompt [5, 6], chosen [7], rejected [8, 9]; row 1: prompt [4], chosen [3, 2], rejected [1]
+    b = columns([([5, 6], [7], [8, 9]), ([4], [3, 2], [1])])
+    p = pack_shared_prompt(b, ["chosen", "rejected"])
+    assert p.input_ids.tolist() == [[5, 6, 7, 8, 9], [4, 3, 2, 1, 0]]
+    # each token keeps the position it has in its own sequence: the rejected completion restarts after the prompt
+    assert p.position_ids.tolist()[0] == [0, 1, 2, 2, 3]
+    assert p.position_ids.tolist()[1][:4] == [0, 1, 2, 1]
+    m = p.attention_mask[0, 0].int().tolist()
+    assert m == [[1, 0, 0, 0, 0],   # prompt: causal
+                 [1, 1, 0, 0, 0],
+                 [1, 1, 1, 0, 0],   # chosen: prompt + itself
+                 [1, 1, 0, 1, 0],   # rejected 8: the prompt and itself, NOT the chosen token
+                 [1, 1, 0, 1, 1]]
+    assert p.attention_mask[1, 0, 4].int().tolist() == [0, 0, 0, 0, 1]  # padding: itself only (no empty row)
+    # predictors, as flat indices into the 2 x 5 slots: chosen 7 from the last prompt token (slot 1); rejected 8
+    # from slot 1 too, 9 from 8 (slot 3); row 1 starts at slot 5
+    assert p.source["chosen"][0].tolist() == [0, 0, 1]
+    assert p.source["rejected"][0].tolist() == [0, 0, 1, 3]
+    assert p.source["chosen"][1].tolist()[1:3] == [5, 6] and p.source["rejected"][1].tolist()[1] == 5
+    assert p.weight["rejected"][0].tolist() == [0, 0, 1, 1]
+
+
+def test_short_examples_share_a_row(narrow_rows):
+    # widths: 4 + 1 + 1 = 6 (the widest), then two examples of 3 slots, first-fit into one row
+    b = columns([([5, 6, 7, 8], [1], [2]), ([4], [3], [1]), ([2], [3], [4])])
+    plan = plan_packing(b, ["chosen", "rejected"])
+    assert (plan.rows, plan.width, plan.row, plan.start) == (2, 6, [0, 1, 1], [0, 0, 3])
+    p = pack_shared_prompt(b, ["chosen", "rejected"], plan)
+    assert p.input_ids.tolist() == [[5, 6, 7, 8, 1, 2], [4, 3, 1, 2, 3, 4]]
+    assert p.position_ids.tolist()[1] == [0, 1, 1, 0, 1, 1]
+    # the second example of row 1 sees only itself: its prompt (slot 3) and its own completion
+    assert p.attention_mask[1, 0, 3:].int().tolist() == [[0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 0, 1]]
+    assert p.source["rejected"][2].tolist()[:2] == [0, 9]  # slot 6 + 3 = 9: its last prompt token
+
+
+def test_short_examples_fill_rows_of_about_min_row_width():
+    b = columns([([5, 6, 7, 8], [1], [2]), ([4], [3], [1]), ([2], [3], [4])])  # 6 + 3 + 3 slots: one row of 12
+    plan = plan_packing(b, ["chosen", "rejected"])
+    assert (plan.rows, plan.width, plan.row, plan.start) == (1, 12, [0, 0, 0], [0, 6, 9])
+    # 90 slots: the 2 rows that MIN_ROW_WIDTH = 64 implies, evened out to 45 slots each (15 examples)
+    many = columns([([1], [2], [3])] * 30)
+    plan = plan_packing(many, ["chosen", "rejected"])
+    assert packing.MIN_ROW_WIDTH == 64 and (plan.rows, plan.width) == (2, 45) and plan.row.count(0) == 15
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_packed_forward_equals_the_concatenated_forward(seed):
+    torch.manual_seed(seed)
+    model = tiny_gpt2(32, n_positions=32, n_layer=2, n_embd=32, n_head=4, seed=seed)
+    batch = columns(random_rows(12, 32, seed))
+    grads = []
+    for fwd in (lambda m, b: concat_forward(m, b), lambda m, b: packed_forward(m, b, ["chosen", "rejected"])):
+        model.zero_grad()
+        logps, lengths = fwd(model, batch)
+        (logps["chosen"] - 0.5 * logps["rejected"]).sum().backward()
+        grads.append(([logps[c].detach() for c in ("chosen", "rejected")], [lengths[c] for c in ("chosen", "rejected")],
+                      torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (lp_a, len_a, g_a), (lp_b, len_b, g_b) = grads
+    for a, b in zip(lp_a, lp_b):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for a, b in zip(len_a, len_b):
+        assert torch.equal(a.float(), b.float())
+    torch.testing.assert_close(g_b, g_a, rtol=1e-4, atol=1e-5)
+
+
+def test_the_exact_tasks_masked_model_packs_too(tiny_exact_env, cache_dir):
+    from alignbench.trainer import prepare
+
+    split = prepare(tiny_exact_env, "paired", "train", cache_dir, torch.device("cpu"))
+    batch = split.tokens.batch(torch.arange(16), torch.device("cpu"))
+    policy = tiny_exact_env.make_policy()
+    a, _ = concat_forward(policy, batch)
+    b, _ = packed_forward(policy, batch, ["chosen", "rejected"])
+    for c in a:
+        torch.testing.assert_close(b[c], a[c], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a[c], split.ref_logps[c][:16], rtol=1e-5, atol=1e-5)
+
+
+def test_prompts_shared_and_worth_packing():
+    b = columns(random_rows(6, 16, 3))
+    assert prompts_shared(b, ["chosen", "rejected"]) and not prompts_shared(b, ["chosen"])
+    other = columns(random_rows(6, 16, 4))
+    mixed = TokenizedColumns({"chosen": b.input_ids["chosen"], "rejected": other.input_ids["rejected"]},
+                             {"chosen": b.attention_mask["chosen"], "rejected": other.attention_mask["rejected"]},
+                             {"chosen": b.completion_mask["chosen"], "rejected": other.completion_mask["rejected"]},
+                             None)
+    assert not prompts_shared(mixed, ["chosen", "rejected"])
+    # long prompts, short completions: 8+1+1 = 10 packed vs 2 x 9 positions; 1-token prompts: 9 vs 10 (no gain)
+    assert worth_packing(columns([([1] * 8, [2], [3])]), ["chosen", "rejected"])
+    assert not worth_packing(columns([([1], [2] * 4, [3] * 4)]), ["chosen", "rejected"])
+
+
+class IgnoresPositions(torch.nn.Module):
+    """A causal LM wrapper that drops position ids and masks: packing would give it wrong log-probs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+        return self.model(input_ids=input_ids, use_cache=use_cache)
+
+
+class RejectsPositions(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError("attention_mask must be 2D")
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+def test_policy_forward_checks_the_model_and_falls_back():
+    model = tiny_gpt2(32, n_positions=128, n_layer=1, n_embd=16, n_head=2, seed=0)
+    tokens = columns(random_rows(10, 32, 5))
+    cols = ["chosen", "rejected"]
+    assert PolicyForward(model, tokens, cols, True, torch.device("cpu")).pack
+    assert not PolicyForward(model, tokens, cols, False, torch.device("cpu")).pack  # share_prompt=false
+    ignoring = PolicyForward(IgnoresPositions(model), tokens, cols, True, torch.device("cpu"))
+    assert not ignoring.pack and "differ by" in ignoring.reason
+    rejecting = PolicyForward(RejectsPositions(model), tokens, cols, True, torch.device("cpu"))
+    assert not rejecting.pack and "rejects packed inputs" in rejecting.reason
+    # the fallback still computes the concatenated log-probs
+    lp, _ = rejecting(RejectsPositions(model), tokens.batch(torch.arange(4), torch.device("cpu")))
+    assert not rejecting.last_packed and torch.isfinite(lp["chosen"]).all()
+
+
+def test_training_packed_and_unpacked_agree(tmp_path, cache_dir, monkeypatch):
+    """The same DPO run with every batch packed (threshold raised for the 1-token prompts of the exact task) and with
+    packing off: the same KL and reward to float rounding; the metrics record which forward ran."""
+    monkeypatch.setattr(packing, "PACK_IF_AT_MOST", 1.0)
+    a, b = tmp_path / "packed", tmp_path / "plain"
+    assert main(sweep_args(a, cache_dir, methods="dpo", betas="0.5")) == 0
+    assert main(sweep_args(b, cache_dir, methods="dpo", betas="0.5", extra=["--train-arg", "share_prompt=false"])) == 0
+    sa, sb = pd.read_csv(a / "summary.csv"), pd.read_csv(b / "summary.csv")
+    assert sa["kl"][0] == pytest.approx(sb["kl"][0], rel=1e-3)
+    rows = [pd.read_json(p, lines=True) for p in (next(a.rglob("metrics.jsonl")), next(b.rglob("metrics.jsonl")))]
+    assert (rows[0]["train/packed"].dropna() == 1.0).all() and (rows[1]["train/packed"].dropna() == 0.0).all()
