@@ -183,3 +183,45 @@ def test_training_packed_and_unpacked_agree(tmp_path, cache_dir, monkeypatch):
     assert sa["kl"][0] == pytest.approx(sb["kl"][0], rel=1e-3)
     rows = [pd.read_json(p, lines=True) for p in (next(a.rglob("metrics.jsonl")), next(b.rglob("metrics.jsonl")))]
     assert (rows[0]["train/packed"].dropna() == 1.0).all() and (rows[1]["train/packed"].dropna() == 0.0).all()
+
+
+@pytest.mark.parametrize("option", ["gradient_checkpointing", "lora"])
+def test_packing_with_the_memory_options(option):
+    """Packed and concatenated log-probs and gradients agree under gradient checkpointing and LoRA adapters too."""
+    from alignbench.config import TrainConfig
+    from alignbench.models import prepare_policy
+
+    if option == "lora":
+        pytest.importorskip("peft", reason="the peft extra is not installed")
+    model = tiny_gpt2(32, n_positions=32, n_layer=2, n_embd=32, n_head=4, seed=2)
+    tc = TrainConfig(gradient_checkpointing=True) if option == "gradient_checkpointing" else TrainConfig(lora_r=4)
+    model = prepare_policy(model, tc)
+    model.train()
+    if option == "lora":  # LoRA's B starts at zero; move it so that the adapters take part in the forward
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+    batch = columns(random_rows(10, 32, 7))
+    out = []
+    for fwd in (concat_forward, lambda m, b: packed_forward(m, b, ["chosen", "rejected"])):
+        model.zero_grad()
+        logps, _ = fwd(model, batch)
+        (logps["chosen"] - logps["rejected"]).sum().backward()
+        out.append((torch.cat([logps["chosen"], logps["rejected"]]).detach(),
+                    torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-4, atol=1e-5)
+    assert out[0][1].abs().sum() > 0
+
+
+def test_packing_under_bf16_autocast():
+    """precision=bf16 runs the forward under torch.autocast: packed and concatenated stay close (bf16 rounding)."""
+    model = tiny_gpt2(32, n_positions=32, n_layer=2, n_embd=32, n_head=4, seed=3)
+    batch = columns(random_rows(10, 32, 8))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, _ = concat_forward(model, batch)
+        b, _ = packed_forward(model, batch, ["chosen", "rejected"])
+    for c in a:
+        assert b[c].dtype == torch.float32  # token_logps upcasts before the log-softmax
+        torch.testing.assert_close(b[c], a[c], rtol=2e-2, atol=5e-2)
