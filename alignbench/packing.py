@@ -75,9 +75,9 @@ def prompts_shared(tokens: TokenizedColumns, cols: list[str]) -> bool:
     if len(cols) < 2:
         return False
     first = cols[0]
-    plen = tokens.attention_mask[first].sum(-1) - tokens.completion_mask[first].sum(-1)
+    plen = tokens.row_lengths[first] - tokens.completion_mask[first].sum(-1)
     for col in cols[1:]:
-        if not torch.equal(plen, tokens.attention_mask[col].sum(-1) - tokens.completion_mask[col].sum(-1)):
+        if not torch.equal(plen, tokens.row_lengths[col] - tokens.completion_mask[col].sum(-1)):
             return False
         t = min(tokens.input_ids[first].shape[1], tokens.input_ids[col].shape[1])
         in_prompt = torch.arange(t).unsqueeze(0) < plen.unsqueeze(1)
@@ -86,15 +86,21 @@ def prompts_shared(tokens: TokenizedColumns, cols: list[str]) -> bool:
     return True
 
 
-def plan_packing(batch: TokenizedColumns, cols: list[str]) -> PackPlan:
+def _lengths(batch: TokenizedColumns, cols: list[str]) -> tuple[Tensor, Tensor]:
+    """(B,) prompt tokens and (K, B) completion tokens per column of each example."""
+    completion = torch.stack([batch.completion_mask[c].sum(-1) for c in cols])
+    return batch.attention_mask[cols[0]].sum(-1) - completion[0], completion
+
+
+def plan_packing(batch: TokenizedColumns, cols: list[str],
+                 lengths: tuple[Tensor, Tensor] | None = None) -> PackPlan:
     """Lay the examples into rows, first-fit by decreasing length, as few positions (rows x width) as found.
 
     Rows are at least as wide as the longest example. When there are tokens enough, they are about
     ``MIN_ROW_WIDTH`` wide, evened out so that the last row is not mostly padding; since first-fit can need
     one row more than the tokens do, a width 10% larger and the longest example's width are tried too.
     """
-    completion = torch.stack([batch.completion_mask[c].sum(-1) for c in cols])
-    prompt = batch.attention_mask[cols[0]].sum(-1) - completion[0]
+    prompt, completion = lengths or _lengths(batch, cols)
     need = (prompt + completion.sum(0)).tolist()
     total, longest = sum(need), max(need)
     even = -(-total // -(-total // MIN_ROW_WIDTH))  # total / (rows that MIN_ROW_WIDTH-wide rows would take)
@@ -127,11 +133,11 @@ def worth_packing(batch: TokenizedColumns, cols: list[str]) -> PackPlan | None:
     measured no faster, so it is left unpacked; on prompts as long as their completions it needs about 1/2.
     """
     budget = PACK_IF_AT_MOST * len(cols) * len(batch) * max(batch.input_ids[c].shape[1] for c in cols)
+    prompt, completion = lengths = _lengths(batch, cols)
     # cheap bound first: the packed batch holds at least every real token once
-    tokens = batch.attention_mask[cols[0]].sum() + sum(batch.completion_mask[c].sum() for c in cols[1:])
-    if int(tokens) > budget:
+    if int(prompt.sum() + completion.sum()) > budget:
         return None
-    plan = plan_packing(batch, cols)
+    plan = plan_packing(batch, cols, lengths)
     return plan if plan.positions <= budget else None
 
 

@@ -804,17 +804,18 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def timing(x: dict[str, Any]) -> str:
+    """A loop's per-step figure for the table: median, range over repeats, p10."""
+    return (f"{x['median_ms_per_step']:.2f} ms/step (repeats {x['min_ms_per_step']:.2f}-"
+            f"{x['max_ms_per_step']:.2f}; p10 {x['p10_ms_per_step']:.2f})")
+
+
 def table(results: dict[str, Any], sizes: Sizes) -> str:
     rows = ["| comparison | figure | goal | met? |", "|---|---|---|---|"]
     for data, s in results.get("steps", {}).items():
         L = s["seq_len_per_step"]
         tag = f"[{data}: {L['min']}-{L['max']} tokens/sequence]"
         p, a, u = s["plain"], s["alignbench"], s["unpacked"]
-
-        def timing(x):
-            return (f"{x['median_ms_per_step']:.2f} ms/step (repeats {x['min_ms_per_step']:.2f}-"
-                    f"{x['max_ms_per_step']:.2f}; p10 {x['p10_ms_per_step']:.2f})")
-
         rows.append(f"| {tag} plain PyTorch loop (forward, loss, backward, fused AdamW) | {timing(p)} | | |")
         rows.append(f"| {tag} alignbench DPO step (`train_offline`), plain loop's layout (`share_prompt=false`) "
                     f"| {timing(u)} | | |")
@@ -834,8 +835,7 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
                     f"{verdict(d <= GOAL_TRL_LOSS_AGREEMENT and r <= GOAL_TRL_LOSS_REL_AGREEMENT)} |")
         if "trl" in s:
             t = s["trl"]
-            rows.append(f"| {tag} TRL `DPOTrainer` step | {t['median_ms_per_step']:.2f} ms/step "
-                        f"(repeats {t['min_ms_per_step']:.2f}-{t['max_ms_per_step']:.2f}; p10 {t['p10_ms_per_step']:.2f}) | | |")
+            rows.append(f"| {tag} TRL `DPOTrainer` step | {timing(t)} | | |")
             rows.append(f"| {tag} TRL / alignbench (default), per step | {s['trl_speedup']:.2f}x (p10 steps: "
                         f"{s['trl_speedup_p10']:.2f}x) | >= {GOAL_TRL_SPEEDUP:.1f}x | "
                         f"{verdict(s['trl_speedup'] >= GOAL_TRL_SPEEDUP)} |")
