@@ -247,8 +247,9 @@ class TrainConfig:
     gradient_checkpointing: bool = param(False, "recompute activations in the backward pass (memory for time)")
     lora_r: int = param(0, "rank of LoRA adapters trained in place of the policy's weights (0: full fine-tuning)")
     lora_alpha: float = param(16.0, "LoRA scaling alpha (the update is scaled by alpha / r)")
-    share_prompt: bool = param(True, "offline paired methods: pack each pair as one segment [prompt | chosen | "
-                                     "rejected] under a 4D attention mask where that saves positions (the same "
+    share_prompt: bool = param(True, "offline methods: run each distinct prefix of a batch once (a prompt shared "
+                                     "by chosen and rejected or by several rows, common completion prefixes), "
+                                     "packed under a 4D attention mask where that saves positions (the same "
                                      "log-probs up to float rounding; false: the concatenated layout)")
 
     def __post_init__(self) -> None:

@@ -1,8 +1,8 @@
 """The one training loop for every offline method (DPO, IPO, KTO and any paired/unpaired plugin).
 
-Per step: one forward of all completion columns of the batch through the policy (chosen and rejected
-packed behind one copy of their shared prompt, ``packing.py``; otherwise the columns concatenated on
-the batch axis, e.g. KTO's completion and its mismatched KL completion); reference log-probs come from
+Per step: one forward of all completion columns of the batch through the policy (every distinct prefix
+of the batch once, e.g. chosen and rejected behind one copy of their shared prompt, ``packing.py``, where
+that saves enough positions; otherwise the columns concatenated on the batch axis); reference log-probs come from
 a cache computed once per (task, data, reference model) and shared by every method and beta of a
 sweep; the method turns the log-probs into a loss; AdamW with linear warmup, gradient clipping,
 periodic evaluation (the task's exact or sampled metrics plus held-out preference metrics).
@@ -29,7 +29,7 @@ from .logprobs import sequence_logps
 from .distributed import Distributed
 from .models import prepare_policy
 from .optim import clip_gradients, make_optimizer, warmup_schedule
-from .packing import CHECK_TOLERANCE, packed_forward, prompts_shared, worth_packing
+from .packing import CHECK_TOLERANCE, packed_forward, worth_packing
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import RunContext
@@ -79,18 +79,19 @@ def concat_forward(model: nn.Module, batch: TokenizedColumns) -> tuple[dict[str,
 
 
 class PolicyForward:
-    """The policy's training forward: shared-prompt packing (``packing.py``) where it applies, else ``concat_forward``.
+    """The policy's training forward: prefix-sharing packing (``packing.py``) where it pays, else ``concat_forward``.
 
-    Packing applies when ``share_prompt`` is on, there are at least two gradient columns whose prompts are
-    identical in every row (paired data: chosen and rejected), the model gives the same log-probs packed as
-    unpacked on a probe batch (checked once, in eval mode, to ``CHECK_TOLERANCE``), and, per batch, when
-    it saves enough positions (``worth_packing``). ``last_packed`` tells whether the last call packed.
+    Packing applies when ``share_prompt`` is on, the model gives the same log-probs packed as unpacked on a
+    probe batch (checked once, in eval mode, to ``CHECK_TOLERANCE``), and, per batch, when it saves enough
+    positions (``worth_packing``): paired data shares each prompt between chosen and rejected, and any
+    format shares the prompts and completion prefixes that several rows of a batch have in common.
+    ``last_packed`` tells whether the last call packed.
     """
 
     def __init__(self, model: nn.Module, tokens: TokenizedColumns, cols: list[str], enabled: bool,
                  device: torch.device):
         self.cols, self.last_packed, self.reason = cols, False, ""
-        self.pack = enabled and prompts_shared(tokens, cols)
+        self.pack = enabled
         if self.pack:
             probe = tokens.batch(torch.arange(min(len(tokens), 8)), device).select(cols)
             self.pack, self.reason = _packing_agrees(model, probe, cols)
@@ -251,7 +252,7 @@ def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
     grad_cols = [c for c in FORMAT_COLUMNS[fmt] if c not in method.statistic_columns]
     forward = PolicyForward(dist.unwrap(policy), train.tokens, grad_cols, tc.share_prompt, device)
     if forward.reason:
-        print(f"alignbench: {method.name}: shared-prompt packing off: {forward.reason}", file=sys.stderr)
+        print(f"alignbench: {method.name}: prefix-sharing packing off: {forward.reason}", file=sys.stderr)
 
     def evaluate(step: int, running: dict[str, list[float]]) -> None:
         if not dist.is_main:  # the other processes hold the same weights; one evaluates and writes

@@ -6,7 +6,7 @@ Five comparisons, each in this one process (docs/performance.md holds the measur
    plain loop's forward layout (``share_prompt=false``: chosen and rejected concatenated on the batch axis) vs
    a plain PyTorch loop doing only forward, DPO loss, backward and AdamW step on pre-built batches: the same
    model, the same 32-pair batches in the same order, the same AdamW, the same steps, precomputed (cached)
-   reference log-probs. The loss curves must agree exactly. alignbench's default step (shared-prompt packing,
+   reference log-probs. The loss curves must agree exactly. alignbench's default step (prefix-sharing packing,
    ``alignbench/packing.py``, on the batches where it saves positions) is timed too; it does less work than
    the plain loop, so its loss curve agrees to float rounding instead.
 2. **TRL.** alignbench's default run vs TRL's ``DPOTrainer`` on the same token ids, the same cached reference
@@ -620,8 +620,23 @@ def bench_steps(sizes: Sizes, tmp: Path, *, data: str = "synthetic", with_trl: b
                 out[f"{k}_speedup"] = out[k]["median_ms_per_step"] / a["median_ms_per_step"]
     out["data"] = data
     out["seq_len_per_step"] = {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths)}
+    out["positions_per_step"] = packed_positions(train, batches)
     out["loadavg"] = loads
     return out
+
+
+def packed_positions(train, batches) -> dict[str, list[int]]:
+    """Per step: the concatenated layout's positions, the prefix tree's nodes and the packed rows' slots (min, max)."""
+    from alignbench.packing import plan_packing
+
+    plans = [plan_packing(train.tokens.batch(b[0], torch.device("cpu")), ["chosen", "rejected"]) for b in batches]
+    spans = {"concatenated": [b[1].numel() for b in batches], "nodes": [p.nodes for p in plans],
+             "packed": [p.positions for p in plans]}
+    return {k: [min(v), max(v)] for k, v in spans.items()}
+
+
+def span(x: list[int]) -> str:
+    return f"{x[0]:,}" if x[0] == x[1] else f"{x[0]:,}-{x[1]:,}"
 
 
 def max_abs_diff(a: list[float], b: list[float]) -> float:
@@ -825,8 +840,10 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
         d = s["plain_vs_alignbench_max_abs_loss_diff"]
         rows.append(f"| {tag} loss curves alignbench (same layout) vs plain, max abs diff over {sizes.steps} steps | "
                     f"{d:.1e} | identical (0) | {verdict(d == 0.0)} |")
-        rows.append(f"| {tag} alignbench DPO step, default (shared-prompt packing on {100 * s['packed_share']:.0f}% "
-                    f"of steps) | {timing(a)} = {s['default_vs_unpacked_speedup']:.2f}x faster than unpacked, "
+        pos = s["positions_per_step"]
+        rows.append(f"| {tag} alignbench DPO step, default (prefix-sharing packing on {100 * s['packed_share']:.0f}% "
+                    f"of steps: {span(pos['nodes'])} distinct prefixes in {span(pos['packed'])} slots instead of "
+                    f"{span(pos['concatenated'])} positions) | {timing(a)} = {s['default_vs_unpacked_speedup']:.2f}x faster than unpacked, "
                     f"{s['default_vs_plain_ratio']:.3f}x the plain loop's time | | |")
         d, r = s["default_vs_plain_max_abs_loss_diff_early"], s["default_vs_plain_max_rel_loss_diff"]
         rows.append(f"| {tag} loss curves alignbench default vs plain: max abs diff over the first {EARLY_STEPS} steps; "

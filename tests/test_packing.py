@@ -1,5 +1,5 @@
-"""Shared-prompt packing: the layout by hand, equality with the concatenated forward (values and gradients),
-the fallbacks, and a training run packed vs unpacked."""
+"""Prefix-sharing packing: the layout by hand, equality with the concatenated forward (values and gradients, also
+on batches full of shared prefixes and duplicates), the fallbacks, and a training run packed vs unpacked."""
 
 import pandas as pd
 import pytest
@@ -9,7 +9,7 @@ from alignbench import packing
 from alignbench.cli import main
 from alignbench.data import TokenizedColumns
 from alignbench.models import tiny_gpt2
-from alignbench.packing import pack_shared_prompt, packed_forward, plan_packing, prompts_shared, worth_packing
+from alignbench.packing import pack_prefix_tree, packed_forward, plan_packing, worth_packing
 from alignbench.trainer import PolicyForward, concat_forward
 
 from .test_sweep import sweep_args
@@ -45,54 +45,96 @@ def narrow_rows(monkeypatch):
 def test_layout_by_hand(narrow_rows):
     # row 0: prompt [5, 6], chosen [7], rejected [8, 9]; row 1: prompt [4], chosen [3, 2], rejected [1]
     b = columns([([5, 6], [7], [8, 9]), ([4], [3, 2], [1])])
-    p = pack_shared_prompt(b, ["chosen", "rejected"])
-    assert p.input_ids.tolist() == [[5, 6, 7, 8, 9], [4, 3, 2, 1, 0]]
+    p = pack_prefix_tree(b, ["chosen", "rejected"])
+    # one segment per first token, the larger first; within a segment the sequences in lexicographic order
+    # ([4, 1] before [4, 3, 2]), each prefix once
+    assert p.input_ids.tolist() == [[5, 6, 7, 8, 9], [4, 1, 3, 2, 0]]
     # each token keeps the position it has in its own sequence: the rejected completion restarts after the prompt
-    assert p.position_ids.tolist()[0] == [0, 1, 2, 2, 3]
-    assert p.position_ids.tolist()[1][:4] == [0, 1, 2, 1]
+    assert p.position_ids.tolist() == [[0, 1, 2, 2, 3], [0, 1, 1, 2, 0]]
     m = p.attention_mask[0, 0].int().tolist()
     assert m == [[1, 0, 0, 0, 0],   # prompt: causal
                  [1, 1, 0, 0, 0],
                  [1, 1, 1, 0, 0],   # chosen: prompt + itself
                  [1, 1, 0, 1, 0],   # rejected 8: the prompt and itself, NOT the chosen token
                  [1, 1, 0, 1, 1]]
+    assert p.attention_mask[1, 0, 3].int().tolist() == [1, 0, 1, 1, 0]  # token 2 of [4, 3, 2]: not the 1 of [4, 1]
     assert p.attention_mask[1, 0, 4].int().tolist() == [0, 0, 0, 0, 1]  # padding: itself only (no empty row)
     # predictors, as flat indices into the 2 x 5 slots: chosen 7 from the last prompt token (slot 1); rejected 8
-    # from slot 1 too, 9 from 8 (slot 3); row 1 starts at slot 5
+    # from slot 1 too, 9 from 8 (slot 3); row 1 starts at slot 5: 3 from its prompt 4 (slot 5), 2 from 3 (slot 7)
     assert p.source["chosen"][0].tolist() == [0, 0, 1]
     assert p.source["rejected"][0].tolist() == [0, 0, 1, 3]
-    assert p.source["chosen"][1].tolist()[1:3] == [5, 6] and p.source["rejected"][1].tolist()[1] == 5
-    assert p.weight["rejected"][0].tolist() == [0, 0, 1, 1]
+    assert p.source["chosen"][1].tolist() == [0, 5, 7] and p.source["rejected"][1].tolist()[:2] == [0, 5]
+    assert p.weight["rejected"][0].tolist() == [0, 0, 1, 1] and p.weight["rejected"][1].tolist() == [0, 1, 0, 0]
 
 
-def test_short_examples_share_a_row(narrow_rows):
-    # widths: 4 + 1 + 1 = 6 (the widest), then two examples of 3 slots, first-fit into one row
+def test_shared_prefixes_and_duplicates_are_computed_once(narrow_rows):
+    # A: prompt [1], chosen [2, 3], rejected [2, 4]; B: the same prompt, chosen [2, 3] again, rejected [5]
+    b = columns([([1], [2, 3], [2, 4]), ([1], [2, 3], [5])])
+    plan = plan_packing(b, ["chosen", "rejected"])
+    assert (plan.nodes, plan.rows, plan.width) == (5, 1, 5)  # 1, 1-2, 1-2-3, 1-2-4, 1-5 (12 concatenated positions)
+    p = pack_prefix_tree(b, ["chosen", "rejected"], plan)
+    assert p.input_ids.tolist() == [[1, 2, 3, 4, 5]] and p.position_ids.tolist() == [[0, 1, 2, 2, 1]]
+    assert p.attention_mask[0, 0].int().tolist() == [[1, 0, 0, 0, 0],
+                                                     [1, 1, 0, 0, 0],
+                                                     [1, 1, 1, 0, 0],
+                                                     [1, 1, 0, 1, 0],
+                                                     [1, 0, 0, 0, 1]]
+    # both chosen completions read the same slots; A's rejected shares the 2 and branches at its last token
+    assert p.source["chosen"].tolist() == [[0, 0, 1], [0, 0, 1]]
+    assert p.source["rejected"].tolist() == [[0, 0, 1], [0, 0, 0]]
+    assert p.weight["rejected"].tolist() == [[0, 1, 1], [0, 1, 0]]
+
+
+def test_a_segment_wider_than_a_row_is_split(monkeypatch):
+    """Sequences behind one first token whose tree would outgrow a row start new segments that repeat their prefix."""
+    monkeypatch.setattr(packing, "MIN_ROW_WIDTH", 4)
+    b = columns([([9, 9], [i, i], [i + 10, i + 10]) for i in (1, 2, 3)])
+    plan = plan_packing(b, ["chosen", "rejected"])
+    # the whole tree is 2 + 12 = 14 nodes under one root; a row must hold one example (2 + 2 + 2 = 6 slots), so
+    # the tree is cut into 3 segments of 2 sequences each, and each segment has its own copy of the prompt
+    assert (plan.nodes, plan.rows, plan.width) == (18, 3, 6)
+    assert sorted(plan.token[plan.depth == 0].tolist()) == [9, 9, 9]
+    model = tiny_gpt2(32, n_positions=16, n_layer=1, n_embd=16, n_head=2, seed=0)
+    a, _ = concat_forward(model, b)
+    c, _ = packed_forward(model, b, ["chosen", "rejected"], plan)
+    for col in a:
+        torch.testing.assert_close(c[col], a[col], rtol=1e-5, atol=1e-5)
+
+
+def test_segments_share_rows(narrow_rows):
+    # segments of 6 (the widest), 3 and 3 slots: first-fit puts the two short ones into one row
     b = columns([([5, 6, 7, 8], [1], [2]), ([4], [3], [1]), ([2], [3], [4])])
     plan = plan_packing(b, ["chosen", "rejected"])
-    assert (plan.rows, plan.width, plan.row, plan.start) == (2, 6, [0, 1, 1], [0, 0, 3])
-    p = pack_shared_prompt(b, ["chosen", "rejected"], plan)
-    assert p.input_ids.tolist() == [[5, 6, 7, 8, 1, 2], [4, 3, 1, 2, 3, 4]]
+    assert (plan.rows, plan.width) == (2, 6)
+    p = pack_prefix_tree(b, ["chosen", "rejected"], plan)
+    assert p.input_ids.tolist() == [[5, 6, 7, 8, 1, 2], [2, 3, 4, 4, 1, 3]]
     assert p.position_ids.tolist()[1] == [0, 1, 1, 0, 1, 1]
-    # the second example of row 1 sees only itself: its prompt (slot 3) and its own completion
+    # the segment of prompt 4 (slots 3-5) sees only itself
     assert p.attention_mask[1, 0, 3:].int().tolist() == [[0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 0, 1]]
-    assert p.source["rejected"][2].tolist()[:2] == [0, 9]  # slot 6 + 3 = 9: its last prompt token
+    assert p.source["rejected"][1].tolist()[:2] == [0, 9]  # row 1 starts at slot 6; prompt 4 is at slot 6 + 3
 
 
-def test_short_examples_fill_rows_of_about_min_row_width():
+def test_segments_fill_rows_of_about_min_row_width():
     b = columns([([5, 6, 7, 8], [1], [2]), ([4], [3], [1]), ([2], [3], [4])])  # 6 + 3 + 3 slots: one row of 12
     plan = plan_packing(b, ["chosen", "rejected"])
-    assert (plan.rows, plan.width, plan.row, plan.start) == (1, 12, [0, 0, 0], [0, 6, 9])
-    # 90 slots: the 2 rows that MIN_ROW_WIDTH = 64 implies, evened out to 45 slots each (15 examples)
-    many = columns([([1], [2], [3])] * 30)
+    assert (plan.rows, plan.width) == (1, 12)
+    # 30 different prompts of 3 slots each: the 2 rows that MIN_ROW_WIDTH = 64 implies, evened out to 45 slots
+    many = columns([([p], [40], [41]) for p in range(1, 31)])
     plan = plan_packing(many, ["chosen", "rejected"])
-    assert packing.MIN_ROW_WIDTH == 64 and (plan.rows, plan.width) == (2, 45) and plan.row.count(0) == 15
+    assert packing.MIN_ROW_WIDTH == 64 and (plan.rows, plan.width) == (2, 45) and plan.nodes == 90
+    # the same example 30 times is one tree of 3 nodes
+    assert plan_packing(columns([([1], [2], [3])] * 30), ["chosen", "rejected"]).nodes == 3
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_packed_forward_equals_the_concatenated_forward(seed):
+@pytest.mark.parametrize("seed,vocab", [(0, 32), (1, 32), (2, 3)])
+def test_packed_forward_equals_the_concatenated_forward(seed, vocab):
+    """Random ragged rows; with a vocabulary of 2 real tokens (vocab 3) most prefixes are shared, some rows repeat."""
     torch.manual_seed(seed)
     model = tiny_gpt2(32, n_positions=32, n_layer=2, n_embd=32, n_head=4, seed=seed)
-    batch = columns(random_rows(12, 32, seed))
+    batch = columns(random_rows(12, vocab, seed))
+    if vocab == 3:
+        assert plan_packing(batch, ["chosen", "rejected"]).nodes < 0.7 * sum(batch.row_lengths[c].sum() for c in
+                                                                             ("chosen", "rejected"))
     grads = []
     for fwd in (lambda m, b: concat_forward(m, b), lambda m, b: packed_forward(m, b, ["chosen", "rejected"])):
         model.zero_grad()
@@ -121,18 +163,14 @@ def test_the_exact_tasks_masked_model_packs_too(tiny_exact_env, cache_dir):
         torch.testing.assert_close(a[c], split.ref_logps[c][:16], rtol=1e-5, atol=1e-5)
 
 
-def test_prompts_shared_and_worth_packing():
-    b = columns(random_rows(6, 16, 3))
-    assert prompts_shared(b, ["chosen", "rejected"]) and not prompts_shared(b, ["chosen"])
-    other = columns(random_rows(6, 16, 4))
-    mixed = TokenizedColumns({"chosen": b.input_ids["chosen"], "rejected": other.input_ids["rejected"]},
-                             {"chosen": b.attention_mask["chosen"], "rejected": other.attention_mask["rejected"]},
-                             {"chosen": b.completion_mask["chosen"], "rejected": other.completion_mask["rejected"]},
-                             None)
-    assert not prompts_shared(mixed, ["chosen", "rejected"])
+def test_worth_packing():
     # long prompts, short completions: 8+1+1 = 10 packed vs 2 x 9 positions; 1-token prompts: 9 vs 10 (no gain)
     assert worth_packing(columns([([1] * 8, [2], [3])]), ["chosen", "rejected"])
     assert not worth_packing(columns([([1], [2] * 4, [3] * 4)]), ["chosen", "rejected"])
+    # one column (KTO's completions): packs when rows share their prompts (8 + 4 x 1 vs 4 x 9 positions)
+    single = columns([([7] * 8, [i], [i]) for i in (1, 2, 3, 4)]).select(["chosen"])
+    assert worth_packing(single, ["chosen"])
+    assert not worth_packing(columns([([i] * 8, [1], [1]) for i in (1, 2, 3, 4)]).select(["chosen"]), ["chosen"])
 
 
 class IgnoresPositions(torch.nn.Module):
