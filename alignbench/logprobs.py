@@ -14,7 +14,12 @@ def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
     logits: (B, T, V) next-token logits aligned with labels (already shifted); labels: (B, T) int64.
     Returns (B, T). Uses log_softmax + gather, which is exact and memory-light for small vocabularies.
     """
-    return torch.gather(logits.float().log_softmax(-1), 2, labels.unsqueeze(-1)).squeeze(-1)
+    return torch.gather(log_softmax(logits), 2, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def log_softmax(logits: Tensor) -> Tensor:
+    """log_softmax over the last axis in at least float32 (bf16/fp16 logits are upcast, float64 stays float64)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
 
 
 @dataclass

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import TokenizedColumns
+from .logprobs import log_softmax
 
 PACK_IF_AT_MOST = 0.8  # pack a batch when it needs at most this share of the concatenated positions
 # rows at least this wide, so that short segments share them: fewer, longer attention rows (on the synthetic bench
@@ -240,7 +241,7 @@ def packed_forward(model: nn.Module, batch: TokenizedColumns, cols: list[str] | 
     packed = pack_prefix_tree(batch, cols, plan)
     logits = model(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
                    position_ids=packed.position_ids, use_cache=False).logits
-    logp = logits.flatten(0, 1).float().log_softmax(-1)  # upcast first, as logprobs.token_logps does
+    logp = log_softmax(logits.flatten(0, 1))  # the positions of the packed rows only
     logps, lengths = {}, {}
     for col in cols:
         per_token = logp[packed.source[col], packed.target[col]] * packed.weight[col]
