@@ -63,24 +63,19 @@ class PackedBatch:
 class PackPlan:
     """The batch's prefix tree and where its nodes go (numpy arrays on the CPU).
 
-    The sequences are those of ``cols`` stacked column after column (M = K * B, padded to T) and sorted:
-    ``rank[m]`` is the sorted place of stacked sequence m. For sorted sequence i, ``node[i, d]`` is the node of
-    its prefix of length d + 1 (-1 past its end). Node n holds ``token[n]`` at depth ``depth[n]`` and goes to
-    slot ``slot[n]`` (row * width + column); its segment is ``segment[n]``; its ancestors are
-    ``node[maker[n], :depth[n]]``.
+    Node n holds ``token[n]`` at depth ``depth[n]`` and goes to slot ``slot[n]`` (row * width + column);
+    ``ancestors[n, d]`` is the slot of its prefix node at depth d <= depth[n] (itself at its own depth), -1
+    deeper. ``source`` and ``scored`` are in the columns' stacked order (M = K * B sequences, padded to T).
     """
 
-    rank: np.ndarray  # (M,)
-    node: np.ndarray  # (M, T)
-    maker: np.ndarray  # (N,) the sorted sequence that made each node (its path is that sequence's prefix)
     token: np.ndarray  # (N,)
     depth: np.ndarray  # (N,)
-    segment: np.ndarray  # (N,)
     slot: np.ndarray  # (N,)
+    ancestors: np.ndarray  # (N, T)
     rows: int
     width: int
-    source: np.ndarray  # (M, T) stacked order: slot of the node that predicts each scored token, else 0
-    scored: np.ndarray  # (M, T) stacked order: the completion tokens that are scored
+    source: np.ndarray  # (M, T): slot of the node that predicts each scored token, else 0
+    scored: np.ndarray  # (M, T): the completion tokens that are scored
 
     @property
     def positions(self) -> int:
@@ -149,16 +144,18 @@ def plan_packing(batch: TokenizedColumns, cols: list[str]) -> PackPlan:
     row, start, rows, width = _place(sizes)
     base = np.asarray(row) * width + np.asarray(start)
     slot = base[segment] + np.arange(len(segment)) - first[segment]
-    rank = np.empty(m, dtype=np.int64)
-    rank[order] = np.arange(m)
+    # a node's maker (the sequence that made it) runs through all of its ancestors
+    ancestors = np.where(depth <= depth_of_node[:, None], slot[np.maximum(node[seq_of_node], 0)], -1)
     # token t of a sequence is predicted by the node of its prefix of length t (the slot of node[., t - 1]);
     # the first token has no predictor (the concatenated forward does not score it either)
+    rank = np.empty(m, dtype=np.int64)
+    rank[order] = np.arange(m)
     prefix = node[rank]  # (M, T) in stacked (column after column) order
     scored = completion.copy()
     scored[:, 0] = False
     source = np.zeros_like(prefix)
     source[:, 1:] = np.where(scored[:, 1:], slot[np.maximum(prefix[:, :-1], 0)], 0)
-    return PackPlan(rank, node, seq_of_node, key[new] - 1, depth_of_node, segment, slot, rows, width, source, scored)
+    return PackPlan(key[new] - 1, depth_of_node, slot, ancestors, rows, width, source, scored)
 
 
 def _place(sizes: list[int]) -> tuple[list[int], list[int], int, int]:
@@ -212,8 +209,8 @@ def pack_prefix_tree(batch: TokenizedColumns, cols: list[str], plan: PackPlan | 
 
     # a node attends to the nodes on its own path up to its depth (its ancestors and itself); a padding slot
     # attends to itself, so that no query row is empty
-    of, at = np.nonzero(np.arange(plan.node.shape[1]) <= plan.depth[:, None])  # node `of` sees its prefix node at `at`
-    q, k = plan.slot[of], plan.slot[plan.node[plan.maker[of], at]]
+    of, at = np.nonzero(plan.ancestors >= 0)  # node `of` sees its prefix node at depth `at`
+    q, k = plan.slot[of], plan.ancestors[of, at]
     mask = np.zeros(plan.rows * w * w, dtype=bool)
     mask[(q // w) * w * w + (q % w) * w + k % w] = True
     every = np.arange(n)

@@ -849,6 +849,11 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def row(what: str, figure: str, goal: str = "", ok: bool | None = None) -> str:
+    """One table row; ``ok`` None: no verdict (an informative row)."""
+    return f"| {what} | {figure} | {goal} | {'' if ok is None else verdict(ok)} |"
+
+
 def timing(x: dict[str, Any]) -> str:
     """A loop's per-step figure for the table: median, range over repeats, p10."""
     return (f"{x['median_ms_per_step']:.2f} ms/step (repeats {x['min_ms_per_step']:.2f}-"
@@ -864,25 +869,25 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
         rows.append(f"| {tag} plain PyTorch loop (forward, loss, backward, fused AdamW) | {timing(p)} | | |")
         rows.append(f"| {tag} alignbench DPO step (`train_offline`), plain loop's layout (`share_prompt=false`) "
                     f"| {timing(u)} | | |")
-        rows.append(f"| {tag} harness overhead: alignbench (same layout) / plain | {s['overhead_ratio']:.3f}x (p10 steps: "
-                    f"{s['overhead_ratio_p10']:.3f}x) | <= {GOAL_OVERHEAD:.2f}x | "
-                    f"{verdict(s['overhead_ratio'] <= GOAL_OVERHEAD)} |")
+        rows.append(row(f"{tag} harness overhead: alignbench (same layout) / plain",
+                        f"{s['overhead_ratio']:.3f}x (p10 steps: {s['overhead_ratio_p10']:.3f}x)",
+                        f"<= {GOAL_OVERHEAD:.2f}x", s['overhead_ratio'] <= GOAL_OVERHEAD))
         d = s["plain_vs_alignbench_max_abs_loss_diff"]
-        rows.append(f"| {tag} loss curves alignbench (same layout) vs plain, max abs diff over {sizes.steps} steps | "
-                    f"{d:.1e} | identical (0) | {verdict(d == 0.0)} |")
+        rows.append(row(f"{tag} loss curves alignbench (same layout) vs plain, max abs diff over {sizes.steps} steps",
+                        f"{d:.1e}", "identical (0)", d == 0.0))
         pos = s["positions_per_step"]
         rows.append(f"| {tag} alignbench DPO step, default (prefix-sharing packing on {100 * s['packed_share']:.0f}% "
                     f"of steps: {span(pos['nodes'])} distinct prefixes in {span(pos['packed'])} slots instead of "
                     f"{span(pos['concatenated'])} positions) | {timing(a)} = {s['default_vs_unpacked_speedup']:.2f}x faster than unpacked, "
                     f"{s['default_vs_plain_ratio']:.3f}x the plain loop's time | | |")
         d = s["default_vs_plain_max_abs_loss_diff_early"]
-        rows.append(f"| {tag} loss curves alignbench default vs plain, max abs diff over the first {EARLY_STEPS} steps "
-                    f"| {d:.1e} | <= {GOAL_TRL_LOSS_AGREEMENT:.0e} | {verdict(d <= GOAL_TRL_LOSS_AGREEMENT)} |")
+        rows.append(row(f"{tag} loss curves alignbench default vs plain, max abs diff over the first {EARLY_STEPS} steps",
+                        f"{d:.1e}", f"<= {GOAL_TRL_LOSS_AGREEMENT:.0e}", d <= GOAL_TRL_LOSS_AGREEMENT))
         rnd = s["rounding"]
         per = lambda k: ", ".join(f"{o[k]:.1e}" for o in rnd["orders"])  # noqa: E731
-        rows.append(f"| {tag} the same math over a whole run: packed vs plain loop, both in float64, max relative diff "
-                    f"over {sizes.steps} steps ({len(rnd['orders'])} batch orders) | {rnd['packed64']:.1e} | "
-                    f"<= {GOAL_FP64_LOSS_REL_AGREEMENT:.0e} | {verdict(rnd['packed64'] <= GOAL_FP64_LOSS_REL_AGREEMENT)} |")
+        rows.append(row(f"{tag} the same math over a whole run: packed vs plain loop, both in float64, max relative "
+                        f"diff over {sizes.steps} steps ({len(rnd['orders'])} batch orders)", f"{rnd['packed64']:.1e}",
+                        f"<= {GOAL_FP64_LOSS_REL_AGREEMENT:.0e}", rnd['packed64'] <= GOAL_FP64_LOSS_REL_AGREEMENT))
         rows.append(f"| {tag} float32 rounding over a whole run: max relative diff from the float64 plain loop over "
                     f"{sizes.steps} steps, per batch order | plain loop {per('plain32')}; packed {per('packed32')} | "
                     f"(informative) | |")
@@ -892,17 +897,17 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
         if "trl" in s:
             t = s["trl"]
             rows.append(f"| {tag} TRL `DPOTrainer` step | {timing(t)} | | |")
-            rows.append(f"| {tag} TRL / alignbench (default), per step | {s['trl_speedup']:.2f}x (p10 steps: "
-                        f"{s['trl_speedup_p10']:.2f}x) | >= {GOAL_TRL_SPEEDUP:.1f}x | "
-                        f"{verdict(s['trl_speedup'] >= GOAL_TRL_SPEEDUP)} |")
-            rows.append(f"| {tag} TRL / alignbench (default), {sizes.steps}-step loop wall time | {t['loop_s']:.2f} s / "
-                        f"{a['loop_s']:.2f} s = {s['trl_loop_speedup']:.2f}x | >= {GOAL_TRL_SPEEDUP:.1f}x | "
-                        f"{verdict(s['trl_loop_speedup'] >= GOAL_TRL_SPEEDUP)} |")
+            rows.append(row(f"{tag} TRL / alignbench (default), per step",
+                            f"{s['trl_speedup']:.2f}x (p10 steps: {s['trl_speedup_p10']:.2f}x)",
+                            f">= {GOAL_TRL_SPEEDUP:.1f}x", s['trl_speedup'] >= GOAL_TRL_SPEEDUP))
+            rows.append(row(f"{tag} TRL / alignbench (default), {sizes.steps}-step loop wall time",
+                            f"{t['loop_s']:.2f} s / {a['loop_s']:.2f} s = {s['trl_loop_speedup']:.2f}x",
+                            f">= {GOAL_TRL_SPEEDUP:.1f}x", s['trl_loop_speedup'] >= GOAL_TRL_SPEEDUP))
             rows.append(f"| {tag} TRL / alignbench in the plain loop's layout (unpacked), per step | "
                         f"{s['trl_speedup_unpacked']:.2f}x | (informative) | |")
             d = s["trl_vs_alignbench_max_abs_loss_diff_early"]
-            rows.append(f"| {tag} loss curves alignbench vs TRL, max abs diff over the first {EARLY_STEPS} steps | "
-                        f"{d:.1e} | <= {GOAL_TRL_LOSS_AGREEMENT:.0e} | {verdict(d <= GOAL_TRL_LOSS_AGREEMENT)} |")
+            rows.append(row(f"{tag} loss curves alignbench vs TRL, max abs diff over the first {EARLY_STEPS} steps",
+                            f"{d:.1e}", f"<= {GOAL_TRL_LOSS_AGREEMENT:.0e}", d <= GOAL_TRL_LOSS_AGREEMENT))
             d, r = s["trl_vs_alignbench_max_abs_loss_diff"], s["trl_vs_alignbench_max_rel_loss_diff"]
             rows.append(f"| {tag} loss curves alignbench vs TRL over all {sizes.steps} steps (float32): max relative "
                         f"diff (max abs) | {r:.1e} ({d:.1e}) | (informative: compare the float32 rounding row) | |")
