@@ -211,10 +211,10 @@ def pack_prefix_tree(batch: TokenizedColumns, cols: list[str], plan: PackPlan | 
     # attends to itself, so that no query row is empty
     of, at = np.nonzero(plan.ancestors >= 0)  # node `of` sees its prefix node at depth `at`
     q, k = plan.slot[of], plan.ancestors[of, at]
-    mask = np.zeros(plan.rows * w * w, dtype=bool)
-    mask[(q // w) * w * w + (q % w) * w + k % w] = True
+    mask = np.zeros(plan.rows * w * w, dtype=bool)  # flat (row, query column, key column): q and k share a row
+    mask[q * w + k % w] = True
     every = np.arange(n)
-    mask[(every // w) * w * w + (every % w) * (w + 1)] = True
+    mask[every * w + every % w] = True
 
     device = batch.input_ids[cols[0]].device
     source_all = torch.from_numpy(plan.source).to(device)

@@ -92,7 +92,7 @@ class PolicyForward:
                  device: torch.device):
         self.cols, self.last_packed, self.reason = cols, False, ""
         self.pack = enabled
-        if self.pack:
+        if enabled:
             probe = tokens.batch(torch.arange(min(len(tokens), 8)), device).select(cols)
             self.pack, self.reason = _packing_agrees(model, probe, cols)
 
