@@ -1,12 +1,22 @@
 """The plugin API: what a method and a task provide, and what the harness hands them.
 
+This module is the contract. It imports nothing of the harness's implementation (only ``config`` and
+``errors``; ``tests/test_architecture.py`` checks it): the training loops, the run context and the
+evaluation code implement what is declared here.
+
 A **method** (``methods/<name>.py``) is a :class:`Method` subclass with a frozen config dataclass,
 a pure loss function over explicit tensors and ``@register_method``. It declares its needs as class
-attributes; the harness reads the attributes and never branches on a method's name.
+attributes; the harness reads the attributes and never branches on a method's name. Offline methods
+(:class:`OfflineMethod`) only turn a :class:`LogpBatch` into a :class:`LossOutput`; the harness trains
+them with its offline loop. Other methods implement :meth:`Method.run` against :class:`RunContext`.
 
 A **task** (``tasks/<name>.py``) is a :class:`Task` subclass whose :meth:`Task.setup` returns a
 :class:`TaskEnv`: tokenizer, frozen reference policy, prompts, preference data, gold reward and an
-``evaluate`` that gives the standard metrics (exactly, or from samples with standard errors).
+``evaluate`` that gives the standard metrics (exactly, or from samples with standard errors). Optional
+capabilities of a task's environment are typed interfaces (:class:`EnumerableEnv`,
+:class:`SampleEvaluable`); a task lists the ones it provides (``Task.capabilities``), a method the ones
+it can work with (``Method.requires_one_of``), and the sweep refuses an incompatible pair before
+writing anything.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -26,17 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from datasets import Dataset
 
-    from .runner import RunContext
-
 DataFormat = Literal["paired", "unpaired", "online"]
-
-# Completion columns that the harness tokenizes and scores for each offline data format.
-# "kl_completion" is a completion from another prompt of the same dataset (KTO's reference point).
-FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "paired": ("chosen", "rejected"),
-    "unpaired": ("completion", "kl_completion"),
-    "online": (),
-}
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -84,7 +84,8 @@ def pair_diagnostics(logratio_chosen: Tensor, logratio_rejected: Tensor, beta: f
 
 @dataclass
 class LogpBatch:
-    """Sequence log-probabilities of one batch, by completion column (see FORMAT_COLUMNS).
+    """Sequence log-probabilities of one batch, by completion column (``alignbench.data.FORMAT_COLUMNS`` of the
+    method's data format, plus its ``statistic_columns``).
 
     policy[col]:    (B,) sum over completion tokens of log pi(y_t | x, y_<t); carries gradients.
     reference[col]: (B,) the same under pi_ref (cached, no gradient).
@@ -96,6 +97,21 @@ class LogpBatch:
     reference: dict[str, Tensor]
     lengths: dict[str, Tensor]
     labels: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a method's diagnostics figure: logged metrics drawn over training steps.
+
+    series: (metric name, legend label, matplotlib line style) per line; ylabel: the panel's y axis.
+    """
+
+    title: str
+    series: tuple[tuple[str, str, str], ...]
+    ylabel: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "series": [list(s) for s in self.series], "ylabel": self.ylabel}
 
 
 class Method(ABC):
@@ -110,10 +126,20 @@ class Method(ABC):
     needs_gold_reward: ClassVar[bool] = False  # the task's gold reward as the training signal
     needs_preferences: ClassVar[bool] = True  # preference pairs (directly or through a reward model)
     sweep_param: ClassVar[str] = "beta"  # the config field the sweep varies
-    # completion columns used only for batch statistics (no gradient; gathered over processes),
-    # e.g. KTO's mismatched completions that estimate z0
-    statistic_columns: ClassVar[tuple[str, ...]] = ()
+    # extra completion columns used only for batch statistics (no gradient; gathered over processes):
+    # column name -> how the harness derives it from the rows (``alignbench.data.DERIVED_COLUMNS``), e.g.
+    # KTO's ``{"kl_completion": "mismatched"}``: a completion of another prompt, whose log-ratio estimates z0
+    statistic_columns: ClassVar[Mapping[str, str]] = {}
     default_grid: ClassVar[tuple[float, ...]] = (0.05, 0.1, 0.3, 1.0, 3.0)
+    # environment capabilities this method can work with (any one of them); empty = the TaskEnv basics suffice
+    requires_one_of: ClassVar[tuple[type, ...]] = ()
+    # what the report reads (recorded in sweep.json, so the report never names a method):
+    # the logged metric that plays "proxy reward" for the overoptimization flag (None: none)
+    proxy_metric: ClassVar[str | None] = None
+    # a logged proxy reward over training to draw against the gold reward (online methods), or None
+    proxy_curve: ClassVar[str | None] = None
+    # the method's own panels of its diagnostics figure (after the loss panels every offline method has)
+    diagnostic_panels: ClassVar[tuple[Panel, ...]] = ()
 
     def __init__(self, config: MethodConfig):
         self.config = config
@@ -122,24 +148,41 @@ class Method(ABC):
     def sweep_value(self) -> float:
         return float(getattr(self.config, self.sweep_param))
 
-    @abstractmethod
+    @classmethod
+    def report_info(cls) -> dict[str, Any]:
+        """The declarations the report reads (saved per method in ``sweep.json``)."""
+        return {"sweep_param": cls.sweep_param, "data_format": cls.data_format, "proxy_metric": cls.proxy_metric,
+                "proxy_curve": cls.proxy_curve, "panels": [p.as_dict() for p in cls.diagnostic_panels]}
+
     def run(self, ctx: "RunContext") -> None:
-        """Train (or build) the policy, logging through ``ctx``; the harness writes the summary."""
+        """Train (or build) the policy, logging through ``ctx``; the harness writes the summary.
+
+        Offline methods do not implement it: the harness runs its offline loop on :meth:`OfflineMethod.compute_loss`.
+        """
+        raise NotImplementedError(f"method '{self.name}' implements neither run() nor OfflineMethod.compute_loss()")
+
+
+# the panels every method trained by the offline loop gets (the loop logs these metrics)
+OFFLINE_PANELS = (
+    Panel("preference loss", (("eval/loss", "held-out", "-"), ("train/loss", "train subset", "--")), "loss"),
+    Panel("implicit-reward accuracy", (("eval/implicit_acc", "held-out", "-"),
+                                       ("train/implicit_acc", "train subset", "--")), "accuracy"),
+    Panel("log π/π_ref on held-out pairs", (("logratio/chosen", "chosen", "-"), ("logratio/rejected", "rejected", "--"),
+                                            ("logratio/margin", "margin", ":")), "log-ratio [nats]"),
+)
 
 
 class OfflineMethod(Method):
-    """A method trained by the shared offline loop (:func:`alignbench.trainer.train_offline`).
+    """A method trained by the harness's shared offline loop (``alignbench.trainer``).
 
     Subclasses only turn a :class:`LogpBatch` into a :class:`LossOutput` by calling their pure loss.
     """
 
+    proxy_metric = "logratio/margin"  # the implicit reward margin on held-out pairs
+    diagnostic_panels = OFFLINE_PANELS
+
     @abstractmethod
     def compute_loss(self, batch: LogpBatch) -> LossOutput: ...
-
-    def run(self, ctx: "RunContext") -> None:
-        from .trainer import train_offline
-
-        train_offline(self, ctx)
 
 
 # ------------------------------------------------------------------------------------------ tasks
@@ -214,6 +257,40 @@ class TaskEnv(ABC):
         """Facts for the report (sizes, estimators, temperature)."""
         return {"kl_estimator": self.kl_estimator}
 
+    def notes(self) -> list[str]:
+        """Remarks the report prints about this task's setup (e.g. what its labels imply); Markdown sentences."""
+        return []
+
+
+# ------------------------------------------------------------------------------------------ capabilities
+
+
+@runtime_checkable
+class EnumerableEnv(Protocol):
+    """An environment whose response space is enumerable: every metric of any policy table is exact.
+
+    ref_logp_table, reward_table: (K, N) reference log-probs and gold rewards of every (prompt, response);
+    prompt_ids (K,) and response_ids (N, L): the token ids that build every sequence.
+    """
+
+    ref_logp_table: Tensor
+    reward_table: Tensor
+    prompt_ids: Tensor
+    response_ids: Tensor
+
+    def evaluate_table(self, logp: Tensor, beta: float | None = None) -> EvalResult:
+        """Exact metrics of a (K, N) log-probability table."""
+
+
+@runtime_checkable
+class SampleEvaluable(Protocol):
+    """An environment that scores a policy given only as samples (prompts[i] -> completions[i])."""
+
+    def evaluate_samples(self, prompts: Sequence[str], completions: Sequence[str], *, kl: float | None = None,
+                         kl_se: float | None = None, kl_is_bound: bool = False,
+                         lengths: Sequence[float] | None = None, seed: int = 0) -> EvalResult:
+        """Gold reward and win rate of the samples; ``kl`` passed through (``kl_is_bound``: only an upper bound)."""
+
 
 class Task(ABC):
     """Base class of tasks. ``config_cls`` holds the task's parameters (seeded, validated)."""
@@ -227,6 +304,8 @@ class Task(ABC):
     default_methods: ClassVar[tuple[str, ...] | None] = None  # None: every compatible method
     # method config defaults suited to this task, e.g. {"ppo": {"iterations": 40}}; user method_args win
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # optional environment capabilities the task's env provides (EnumerableEnv, SampleEvaluable)
+    capabilities: ClassVar[tuple[type, ...]] = ()
 
     def __init__(self, config: Any):
         self.config = config
@@ -239,3 +318,51 @@ class Task(ABC):
         from .config import from_mapping
 
         return from_mapping(TrainConfig, {**self.train_defaults, **(overrides or {})}, where="train")
+
+
+# ------------------------------------------------------------------------------------------ the run context
+
+
+@runtime_checkable
+class RunContext(Protocol):
+    """What the harness hands a method's :meth:`Method.run` (implemented by ``alignbench.runner``).
+
+    Attributes: the task's built env, the method, the device, the cache folder, the run's seed and
+    :class:`~alignbench.config.TrainConfig`, and ``extra_summary`` (columns added to the run's summary row).
+    """
+
+    env: TaskEnv
+    method: Method
+    device: torch.device
+    cache_dir: Path
+    extra_summary: dict[str, Any]
+
+    @property
+    def train(self) -> TrainConfig: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    def target_beta(self) -> float | None:
+        """The beta of the KL-regularised objective this run aims at (None for methods swept on another axis)."""
+
+    def evaluate(self, policy: nn.Module, step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Evaluate ``policy`` on the task and log one metrics row (plus ``extra``)."""
+
+    def log_eval(self, step: int, result: EvalResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Log an evaluation the method computed itself (e.g. an exact table)."""
+
+    def reward_model(self) -> Any:
+        """The learned reward model for this task and seed (trained once, then cached)."""
+
+    def save_checkpoint(self, step: int, modules: dict[str, Any], extra: dict[str, Any]) -> None:
+        """Atomically save everything needed to continue at ``step``."""
+
+    def resume(self, modules: dict[str, Any], extra: dict[str, Any]) -> int:
+        """Restore the last checkpoint into ``modules``; its step, or 0."""
+
+    def check_finite(self, value: Tensor, what: str, step: int) -> None:
+        """Stop the run (status failed) when ``value`` is not finite."""
+
+    def progress(self, total: int, desc: str) -> Any:
+        """A progress bar (tqdm) over ``total`` steps."""

@@ -3,9 +3,12 @@
 Rows live in ``datasets.Dataset`` objects:
 
 * paired:   ``prompt``, ``chosen``, ``rejected`` (strings);
-* unpaired: ``prompt``, ``completion``, ``label`` (bool, True = desirable), plus ``kl_completion``: the
-  completion of a row with another prompt, fixed once per dataset, so that KTO's reference point
-  z0 (KL estimated from mismatched pairs) can use cached reference log-probs.
+* unpaired: ``prompt``, ``completion``, ``label`` (bool, True = desirable).
+
+A method may ask for extra *statistic* columns (``Method.statistic_columns``: column name -> derivation in
+:data:`DERIVED_COLUMNS`), e.g. ``"mismatched"``: the completion of a row with another prompt, fixed once
+per dataset, so that KTO's reference point z0 (KL estimated from mismatched pairs) can use cached reference
+log-probs.
 """
 
 from __future__ import annotations
@@ -18,8 +21,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .api import FORMAT_COLUMNS
 from .errors import DataError
+
+# Completion columns that the harness tokenizes and scores for each data format (a method's
+# statistic_columns come on top).
+FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "paired": ("chosen", "rejected"),
+    "unpaired": ("completion",),
+    "online": (),
+}
 
 REQUIRED = {
     "paired": {"prompt": str, "chosen": str, "rejected": str},
@@ -46,28 +56,33 @@ def validate_rows(ds: Any, fmt: str, *, split: str = "train") -> None:
                 raise DataError(f"{split} row {i}: field '{key}' must be true or false, got {v!r}")
 
 
-def unpair(ds: Any, *, seed: int = 0) -> Any:
-    """Paired rows -> unpaired rows: chosen -> desirable, rejected -> undesirable (same data for KTO).
-
-    Each row also gets ``kl_completion``: a completion of another row (a seeded shuffle, shifted by
-    one, avoiding the row's own prompt where possible), KTO's mismatched pair for z0.
-    """
+def unpair(ds: Any) -> Any:
+    """Paired rows -> unpaired rows: chosen -> desirable, rejected -> undesirable (the same data, for KTO)."""
     from datasets import Dataset
 
-    prompts = list(ds["prompt"]) * 2
-    completions = list(ds["chosen"]) + list(ds["rejected"])
-    labels = [True] * len(ds) + [False] * len(ds)
+    return Dataset.from_dict({"prompt": list(ds["prompt"]) * 2,
+                              "completion": list(ds["chosen"]) + list(ds["rejected"]),
+                              "label": [True] * len(ds) + [False] * len(ds)})
+
+
+def mismatched_completions(prompts: list[str], completions: list[str], *, seed: int = 0) -> list[str]:
+    """For each row, the completion of another row with a different prompt: a seeded shuffle, each row taking
+    the next row of the shuffled order whose prompt differs (its own completion only if every prompt is equal)."""
     n = len(prompts)
     order = np.random.default_rng(seed).permutation(n)
-    kl = [""] * n
+    out = [""] * n
     for j, i in enumerate(order):
         # walk forward in the shuffled order until the prompt differs (at most n steps)
         for step in range(1, n + 1):
             k = order[(j + step) % n]
             if prompts[k] != prompts[i] or step == n:
-                kl[i] = completions[k]
+                out[i] = completions[k]
                 break
-    return Dataset.from_dict({"prompt": prompts, "completion": completions, "label": labels, "kl_completion": kl})
+    return out
+
+
+# how a statistic column is derived from a dataset's rows: name -> f(prompts, completions, seed) -> column
+DERIVED_COLUMNS = {"mismatched": mismatched_completions}
 
 
 @dataclass
@@ -109,13 +124,14 @@ class TokenizedColumns:
 
 
 def tokenize(ds: Any, fmt: str, tokenizer: Any, *, max_prompt_tokens: int = 512,
-             max_completion_tokens: int = 512) -> TokenizedColumns:
+             max_completion_tokens: int = 512, extra_columns: "tuple[str, ...] | list[str]" = ()) -> TokenizedColumns:
     """Tokenize prompt and completion separately and concatenate (so the boundary is exact).
 
+    The completion columns are the format's (:data:`FORMAT_COLUMNS`) plus ``extra_columns``.
     Long prompts keep their last ``max_prompt_tokens`` tokens, long completions their first
     ``max_completion_tokens`` (the convention of TRL's preference trainers).
     """
-    cols = FORMAT_COLUMNS[fmt]
+    cols = FORMAT_COLUMNS[fmt] + tuple(extra_columns)
     prompt_ids = tokenizer(list(ds["prompt"]), add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids_out, am_out, cm_out = {}, {}, {}
@@ -141,6 +157,13 @@ def tokenize(ds: Any, fmt: str, tokenizer: Any, *, max_prompt_tokens: int = 512,
     return TokenizedColumns(ids_out, am_out, cm_out, labels)
 
 
-def format_dataset(preferences: Any, fmt: str, *, seed: int = 0) -> Any:
-    """The rows a method of data format ``fmt`` trains on, derived from the task's preference pairs."""
-    return unpair(preferences, seed=seed) if fmt == "unpaired" else preferences
+def format_dataset(preferences: Any, fmt: str, *, seed: int = 0, statistic_columns: "dict[str, str] | None" = None) -> Any:
+    """The rows a method of data format ``fmt`` trains on, derived from the task's preference pairs, with
+    the method's statistic columns (name -> derivation in :data:`DERIVED_COLUMNS`) added."""
+    ds = unpair(preferences) if fmt == "unpaired" else preferences
+    for name, kind in (statistic_columns or {}).items():
+        if kind not in DERIVED_COLUMNS:
+            raise DataError(f"statistic_columns.{name}: unknown derivation '{kind}' (known: {', '.join(DERIVED_COLUMNS)})")
+        source = FORMAT_COLUMNS[fmt][0]
+        ds = ds.add_column(name, DERIVED_COLUMNS[kind](list(ds["prompt"]), list(ds[source]), seed=seed))
+    return ds

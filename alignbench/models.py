@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -21,11 +22,34 @@ def progress_disabled(show: bool = True) -> bool | None:
 
 
 def quiet_transformers() -> None:
-    """Hide transformers' own progress bars and info logs (weight loading, shard writing)."""
+    """Hide transformers' own progress bars and info logs (weight loading, shard writing), for the whole process."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """For a block: hide the progress bars of ``datasets`` (save / load) and ``transformers`` (weight loading)
+    and transformers' notices (e.g. the 'newly initialized weights' of a fresh scalar head); restored after."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    ds_on = not datasets.utils.are_progress_bars_disabled()
+    tf_on = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    datasets.utils.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if ds_on:
+            datasets.utils.enable_progress_bars()
+        if tf_on:
+            hf_logging.enable_progress_bar()
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from . import io
 from .config import check_int, check_nonnegative, check_positive, from_mapping, param, stable_hash, to_dict
 from .errors import AlignbenchError
-from .models import fast_kernels
+from .models import fast_kernels, quiet
 from .optim import clip_gradients, make_optimizer, warmup_schedule
 
 SCORE_CHUNK = 256
@@ -148,26 +148,6 @@ class RewardModel:
 # ------------------------------------------------------------------------------------- building one
 
 
-def _quiet_transformers():
-    """Silence the 'newly initialized weights' notice of a fresh scalar head (expected here)."""
-    from transformers.utils import logging as hf_logging
-
-    @contextlib.contextmanager
-    def ctx():
-        old = hf_logging.get_verbosity()
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
-            yield
-        finally:
-            hf_logging.set_verbosity(old)
-            if bars:
-                hf_logging.enable_progress_bar()
-
-    return ctx()
-
-
 def scalar_model_from(path: str | Path, pad_token_id: int | None, *, zero_head: bool = False) -> nn.Module:
     """``AutoModelForSequenceClassification(num_labels=1)`` from a causal-LM folder, with pad_token_id set
     and the fused GELU kernel (:func:`alignbench.models.fast_kernels`).
@@ -177,7 +157,7 @@ def scalar_model_from(path: str | Path, pad_token_id: int | None, *, zero_head: 
     """
     from transformers import AutoModelForSequenceClassification
 
-    with _quiet_transformers():
+    with quiet():
         try:
             model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
         except Exception as e:  # noqa: BLE001
@@ -249,7 +229,7 @@ def _load(folder: Path, env, device: torch.device, key: str, cfg: RewardModelCon
     try:
         from transformers import AutoModelForSequenceClassification
 
-        with _quiet_transformers():
+        with quiet():
             model = AutoModelForSequenceClassification.from_pretrained(str(folder))
         metrics = io.read_json(folder / "metrics.json")
     except Exception:  # noqa: BLE001 - a corrupted cache entry is retrained, never trusted
@@ -278,7 +258,7 @@ def _train_and_save(env, final: Path, seed: int, device: torch.device, cfg: Rewa
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}."))
     try:
-        with _quiet_transformers():
+        with quiet():
             model.save_pretrained(tmp)
         io.write_json(tmp / "metrics.json", metrics)
         os.replace(tmp, final)

@@ -4,14 +4,13 @@ Layout of a run folder ``DIR/runs/<run_id>/``:
 
 * ``config.json``  the resolved config (task, method, train, seed), written first;
 * ``metrics.jsonl`` one row per evaluation step (grouped names: ``train/``, ``eval/``, ``kl/``, ``reward/``);
-* ``eval_final.json`` per-prompt results of the final evaluation (for head-to-head win rates);
+* ``eval_final.npz`` per-prompt results of the final evaluation (for head-to-head win rates);
 * ``summary.json`` written last and atomically: its presence marks the run complete.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import platform
 import random
@@ -26,38 +25,11 @@ import torch
 from torch import nn
 
 from . import io
-from .api import EvalResult, Method, TaskEnv
+from .api import EvalResult, Method, OfflineMethod, TaskEnv
 from .config import TrainConfig, non_default, stable_hash, to_dict
 from .distributed import is_main_process
 from .errors import TrainingFailure
-
-SUMMARY_KEYS = {  # summary.csv column <- final metric name
-    "kl": "kl/ref",
-    "kl_se": "kl/ref_se",
-    "reward": "reward/gold",
-    "reward_se": "reward/gold_se",
-    "win_rate_vs_ref": "winrate/vs_ref",
-    "win_rate_vs_ref_se": "winrate/vs_ref_se",
-    "entropy": "policy/entropy",
-    "length": "policy/length",
-    "frontier_gap": "exact/frontier_gap",
-    "kl_to_target": "kl/to_target",
-    "unseen_mass": "exact/unseen_mass",
-    "kl_is_bound": "kl/is_bound",
-    "win_rate_vs_chosen": "winrate/vs_chosen",
-}
-BASE_COLUMNS = ["run_id", "task", "method", "sweep_param", "beta", "sweep_value", "seed", "status", "reason",
-                "steps", "wall_s"]
-
-
-def summary_frame(rows: list[dict[str, Any]]) -> "Any":
-    """summary.csv as a DataFrame with a fixed column order (base columns, metrics, then extras sorted)."""
-    import pandas as pd
-
-    df = pd.DataFrame(rows)
-    known = [c for c in BASE_COLUMNS + list(SUMMARY_KEYS) if c in df.columns]
-    return df[known + sorted(c for c in df.columns if c not in known)]
-
+from .report.schema import EVAL_FINAL, RUN_SUMMARY, SUMMARY_KEYS
 
 def configure_threads(device: torch.device) -> None:
     """One torch thread on CPU unless OMP_NUM_THREADS says otherwise: the embedded tasks' models are
@@ -124,7 +96,8 @@ class MetricsLogger:
 
 @dataclass
 class RunContext:
-    """What the harness hands a method's ``run``: the task, config, device, caches and logging."""
+    """What the harness hands a method's ``run`` (implements the protocol ``alignbench.api.RunContext``):
+    the task, config, device, caches and logging."""
 
     spec: RunSpec
     run_dir: Path
@@ -241,6 +214,16 @@ def summarize(spec: RunSpec, ctx: RunContext | None, status: str, reason: str, w
     return row
 
 
+def run_method(method: Method, ctx: RunContext) -> None:
+    """Train ``method``: the harness's offline loop for an :class:`OfflineMethod`, else the method's own ``run``."""
+    if isinstance(method, OfflineMethod):
+        from .trainer import train_offline
+
+        train_offline(method, ctx)
+    else:
+        method.run(ctx)
+
+
 def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, device: torch.device,
             cache_dir: Path, report_to: tuple[str, ...] = (), show_progress: bool = True) -> dict[str, Any] | None:
     """Run one spec to completion or failure; write ``summary.json`` last. Returns the summary row.
@@ -260,7 +243,7 @@ def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, devic
     t0 = time.perf_counter()
     status, reason = "ok", ""
     try:
-        method.run(ctx)
+        run_method(method, ctx)
         if ctx.last_eval is None and main:
             raise TrainingFailure("the method never evaluated its policy", 0)
     except TrainingFailure as e:
@@ -278,12 +261,8 @@ def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, devic
     steps = int(logger.rows[-1]["step"]) if logger.rows else 0
     summary = summarize(spec, ctx, status, reason, time.perf_counter() - t0, steps)
     if ctx.last_eval is not None and ctx.last_eval.per_prompt is not None:
-        io.save_arrays(run_dir / "eval_final.npz", ctx.last_eval.per_prompt)
-    io.write_json(run_dir / "summary.json", summary)
+        io.save_arrays(run_dir / EVAL_FINAL, ctx.last_eval.per_prompt)
+    io.write_json(run_dir / RUN_SUMMARY, summary)
     for leftover in (ctx.checkpoint_path, ctx.checkpoint_path.with_suffix(".sha256")):
         leftover.unlink(missing_ok=True)  # the run is complete: its checkpoint is no longer needed
     return summary
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

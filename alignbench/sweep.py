@@ -22,7 +22,8 @@ from .config import (TrainConfig, check_choice, check_int, from_mapping, load_ya
 from .errors import AlignbenchError, ConfigError
 from .registry import get_method, get_task, load_plugins, methods as all_methods
 from .distributed import is_main_process, world_size
-from .runner import RunSpec, configure_threads, execute, summary_frame
+from .report.schema import RUN_SUMMARY, RUNS, SUMMARY_CSV, SWEEP_JSON, summary_frame
+from .runner import RunSpec, configure_threads, execute
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,10 @@ def _compatible(method_cls: type[Method], task_cls: type[Task]) -> str | None:
         return f"method '{method_cls.name}' {need} but task '{task_cls.name}' has no preference data"
     if method_cls.needs_gold_reward and not task_cls.has_gold_reward:
         return f"method '{method_cls.name}' needs_gold_reward but task '{task_cls.name}' has no gold reward"
+    needs = method_cls.requires_one_of
+    if needs and not any(c in task_cls.capabilities for c in needs):
+        return (f"method '{method_cls.name}' needs a task env with {' or '.join(c.__name__ for c in needs)}, "
+                f"which task '{task_cls.name}' does not provide")
     return None
 
 
@@ -300,6 +305,7 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
     done = lambda s: (out / "runs" / s.run_id / "summary.json").exists()  # noqa: E731
     pending = [s for s in the_plan.specs if not done(s)]
     task_facts: dict[str, Any] = {}
+    task_notes: dict[str, list[str]] = {}
     in_process = cfg.executor == "local" and cfg.workers == 1
     for tname, task in the_plan.tasks.items():
         if is_main_process() and (any(s.task == tname for s in pending) or not (out / "sweep.json").exists()):
@@ -313,6 +319,7 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
             if artifacts:
                 io.save_arrays(out / f"task_{tname}.npz", artifacts)
             task_facts[tname] = env.describe()
+            task_notes[tname] = list(env.notes())
     results = _execute_pending(cfg, the_plan, pending) if pending else {}
     if not is_main_process():
         return summary_frame([r for r in results.values() if r is not None])
@@ -330,6 +337,10 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
         "runs": [s.run_id for s in the_plan.specs],
         "grids": _grids(the_plan),
         "tasks": {**previous.get("tasks", {}), **task_facts},
+        "notes": {**previous.get("notes", {}), **task_notes},
+        # what the report reads about each method (it never names a method itself)
+        "methods": {**previous.get("methods", {}),
+                    **{s.method: type(the_plan.methods[s.run_id]).report_info() for s in the_plan.specs}},
         "environment": environment_facts(device),
         "wall_s": round(time.perf_counter() - t0, 1),
     })

@@ -15,24 +15,20 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from . import io
-from .api import FORMAT_COLUMNS, LogpBatch, OfflineMethod, TaskEnv
+from .api import LogpBatch, OfflineMethod, RunContext, TaskEnv
 from .config import stable_hash
-from .data import TokenizedColumns, format_dataset, tokenize, validate_rows
+from .data import FORMAT_COLUMNS, TokenizedColumns, format_dataset, tokenize, validate_rows
 from .errors import AlignbenchError
 from .logprobs import sequence_logps
 from .distributed import Distributed
 from .models import prepare_policy
 from .optim import clip_gradients, make_optimizer, warmup_schedule
 from .packing import CHECK_TOLERANCE, packed_forward, worth_packing
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .runner import RunContext
 
 EVAL_CHUNK = 256
 
@@ -136,21 +132,24 @@ def score_all(model: nn.Module, tokens: TokenizedColumns, device: torch.device) 
     return {c: torch.cat(v) for c, v in logps.items()}, {c: torch.cat(v) for c, v in lens.items()}
 
 
-def prepare(env: TaskEnv, fmt: str, split: str, cache_dir: Path, device: torch.device, *, seed: int = 0) -> PreparedSplit:
-    """Tokenize a split in format ``fmt`` and attach reference log-probs, cached on disk.
+def prepare(env: TaskEnv, fmt: str, split: str, cache_dir: Path, device: torch.device, *, seed: int = 0,
+            statistic_columns: "dict[str, str] | None" = None) -> PreparedSplit:
+    """Tokenize a split in format ``fmt`` (plus a method's ``statistic_columns``, see ``data.format_dataset``)
+    and attach reference log-probs, cached on disk.
 
-    The cache key covers the task fingerprint (its config and reference weights), the data rows and
-    the format, so every method and every beta of a sweep reuses the same reference log-probs.
+    The cache key covers the task fingerprint (its config and reference weights), the data rows (every
+    column) and the format, so every method and every beta of a sweep reuses the same reference log-probs.
     A corrupted cache file (sha256 mismatch) is recomputed, never used.
     """
     if env.preferences is None or split not in env.preferences:
         raise AlignbenchError(f"preferences: task '{env.task_name}' has no '{split}' preference data")
-    ds = format_dataset(env.preferences[split], fmt, seed=seed)
+    ds = format_dataset(env.preferences[split], fmt, seed=seed, statistic_columns=dict(statistic_columns or {}))
+    extra = tuple(statistic_columns or ())
     key = stable_hash({"task": env.fingerprint, "fmt": fmt, "split": split, "rows": _dataset_hash(ds)}, n=20)
     if key in _PREPARED:
         return _PREPARED[key]
     validate_rows(ds, fmt, split=split)
-    tokens = tokenize(ds, fmt, env.tokenizer)
+    tokens = tokenize(ds, fmt, env.tokenizer, extra_columns=extra)
     path = Path(cache_dir) / "reflogps" / f"{key}.safetensors"
     with io.file_lock(path.with_suffix(".lock")):
         cached = io.load_tensors(path)
@@ -160,8 +159,8 @@ def prepare(env: TaskEnv, fmt: str, split: str, cache_dir: Path, device: torch.d
             io.save_tensors(path, {**{f"logp.{c}": v for c, v in logps.items()},
                                    **{f"len.{c}": v for c, v in lens.items()}})
         else:
-            logps = {c: cached[f"logp.{c}"] for c in FORMAT_COLUMNS[fmt]}
-            lens = {c: cached[f"len.{c}"] for c in FORMAT_COLUMNS[fmt]}
+            logps = {c: cached[f"logp.{c}"] for c in tokens.input_ids}
+            lens = {c: cached[f"len.{c}"] for c in tokens.input_ids}
     prepared = PreparedSplit(tokens, logps, lens)
     _PREPARED[key] = prepared
     return prepared
@@ -227,12 +226,13 @@ def preference_metrics(method: OfflineMethod, policy: nn.Module, data: PreparedS
     return res
 
 
-def train_offline(method: OfflineMethod, ctx: "RunContext") -> None:
+def train_offline(method: OfflineMethod, ctx: RunContext) -> None:
     """Train ``ctx``'s policy with ``method``'s loss; evaluate at step 0, every eval_every steps and at the end."""
     env, tc, device = ctx.env, ctx.train, ctx.device
     fmt = method.data_format
-    train = prepare(env, fmt, "train", ctx.cache_dir, device)
-    held_out = prepare(env, fmt, "eval", ctx.cache_dir, device)
+    stats = dict(method.statistic_columns)
+    train = prepare(env, fmt, "train", ctx.cache_dir, device, statistic_columns=stats)
+    held_out = prepare(env, fmt, "eval", ctx.cache_dir, device, statistic_columns=stats)
     pairs_eval = prepare(env, "paired", "eval", ctx.cache_dir, device)
     # a fixed subset of the training data for the train-side diagnostics (same size as held-out)
     n_probe = min(len(train), len(held_out))

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from alignbench.api import Method
+from alignbench.api import EnumerableEnv, Method, SampleEvaluable
 from alignbench.config import check_int, param
 from alignbench.exact import best_of_n_logp, expected
 from alignbench.generation import sample
 from alignbench.registry import register_method
 
 if TYPE_CHECKING:  # pragma: no cover
-    from alignbench.runner import RunContext
+    from alignbench.api import RunContext
 
 _SCORE_TABLES: dict[tuple[str, str], Tensor] = {}  # (RM key, task fingerprint) -> (K, N) RM scores
 
@@ -76,6 +76,8 @@ class BestOfN(Method):
     needs_preferences = True
     sweep_param = "n"
     default_grid = (1, 2, 4, 8, 16, 32, 64)
+    requires_one_of = (EnumerableEnv, SampleEvaluable)  # exact tables, or the task scoring given samples
+    proxy_metric = "bon/rm_score"  # the reward model's mean score of the kept completions
 
     def run(self, ctx: "RunContext") -> None:
         cfg: BestOfNConfig = self.config
@@ -87,7 +89,7 @@ class BestOfN(Method):
             ctx.extra_summary["rm_gold_corr"] = m["gold_corr"]
         bound = bon_kl_bound(cfg.n)
         extra = {"bon/n": float(cfg.n), "kl/bon_bound": bound}
-        if getattr(env, "exact", False):
+        if isinstance(env, EnumerableEnv):
             scores = rm_score_table(env, rm)
             logp = best_of_n_logp(env.ref_logp_table, scores, cfg.n)
             result = env.evaluate_table(logp, beta=None)

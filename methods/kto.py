@@ -86,7 +86,9 @@ class KTO(OfflineMethod):
     description = "Kahneman-Tversky Optimization: unpaired desirable/undesirable rows against a KL reference point"
     config_cls = KTOConfig
     data_format = "unpaired"
-    statistic_columns = ("kl_completion",)  # z0 is detached: no gradient flows through these rows
+    # z0's mismatched pairs: each row's prompt with the completion of a row of another prompt (a seeded shuffle,
+    # fixed per dataset, so its reference log-probs are cached); z0 is detached: no gradient flows through these rows
+    statistic_columns = {"kl_completion": "mismatched"}
     needs_reference = True
     # As for DPO, beta scales the implied reward inside a sigmoid: the loss saturates once |r - z0| >> 1/beta, so
     # beta = 3 barely moves from pi_ref and beta = 0.03 moves tens of nats, past the best reward.

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import Tensor, nn
 
-from alignbench.api import Method, MethodConfig
+from alignbench.api import Method, MethodConfig, Panel
 from alignbench.config import check_int, check_nonnegative, check_positive, check_range, param
 from alignbench.errors import ConfigError
 from alignbench.generation import sample
@@ -40,7 +40,7 @@ from alignbench.optim import clip_gradients, make_optimizer, warmup_schedule
 from alignbench.registry import register_method
 
 if TYPE_CHECKING:  # pragma: no cover
-    from alignbench.runner import RunContext
+    from alignbench.api import RunContext
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -312,6 +312,14 @@ class PPO(Method):
     needs_preferences = True
     sweep_param = "beta"
     default_grid = (0.03, 0.1, 0.3, 1.0, 3.0)
+    proxy_metric = "ppo/rm_reward"  # the reward model's score of the rollouts
+    proxy_curve = "ppo/rm_reward"
+    diagnostic_panels = (
+        Panel("PPO proxy and gold reward (rollouts)", (("ppo/rm_reward", "RM (proxy)", "-"),
+                                                       ("ppo/gold_reward", "gold", "--")), "reward"),
+        Panel("PPO updates", (("ppo/approx_kl", "approx KL", "-"), ("ppo/clipfrac", "clip fraction", "--"),
+                              ("ppo/explained_variance", "explained variance", ":")), "value"),
+    )
 
     # ---------------------------------------------------------------- what differs between ppo and ppo-gt
 
@@ -481,6 +489,8 @@ class PPOGoldReward(PPO):
     needs_reward_model = False
     needs_gold_reward = True
     needs_preferences = False
+    proxy_metric = None  # optimises the gold reward itself: no proxy
+    proxy_curve = None
 
     def make_scorer(self, ctx: "RunContext") -> tuple[Scorer, nn.Module]:
         from alignbench.reward_model import scalar_model_from

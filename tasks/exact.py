@@ -63,7 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from alignbench import exact as X
-from alignbench.api import EvalResult, GenerationSpec, Task, TaskEnv
+from alignbench.api import EnumerableEnv, EvalResult, GenerationSpec, Task, TaskEnv
 from alignbench.config import (check_choice, check_int, check_nonnegative, check_positive, check_range,
                                param, stable_hash)
 from alignbench.errors import ConfigError, DataError
@@ -601,6 +601,13 @@ class ExactEnv(TaskEnv):
         """Saved once per sweep as DIR/task_exact.npz: the gold reward table for head-to-head win rates."""
         return {"reward": self.reward_table.float(), "prompts": list(self.prompt_strings)}
 
+    def notes(self) -> list[str]:
+        if self.config.labels != "deterministic":
+            return []
+        return ["Deterministic preference labels (the larger gold reward always wins; the stress preset). With "
+                "deterministic labels DPO's loss has no finite minimiser (it keeps pushing the margin), while IPO's "
+                "squared loss has one (IPO paper, arXiv 2310.12036)."]
+
     def describe(self) -> dict[str, Any]:
         cfg = self.config
         return {
@@ -716,6 +723,7 @@ def get_reference(cfg: ExactConfig, cache_dir: Path, device: torch.device) -> tu
 class ExactTask(Task):
     description = "enumerable toy task (K prompts x V**L responses): every metric exact, with the optimal reward-KL frontier"
     config_cls = ExactConfig
+    capabilities = (EnumerableEnv,)
     train_defaults = {"steps": 300, "batch_size": 64, "lr": 1e-3, "warmup_steps": 10, "eval_every": 50}
 
     def setup(self, cache_dir: Path, device: torch.device) -> ExactEnv:

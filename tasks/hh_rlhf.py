@@ -9,7 +9,7 @@
 * Gold reward / win-rate judge: a sequence-classification reward model (default
   ``OpenAssistant/reward-model-deberta-v3-large-v2``, scoring (prompt, response) as a text pair).
 
-Every model and dataset name may be a local path; see :mod:`alignbench.hub`. Needs a GPU for real sizes.
+Every model and dataset name may be a local path; see :mod:`tasks._presets`. Needs a GPU for real sizes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignbench.config import param
-from alignbench.hub import DatasetPairsTask, PairsPresetConfig
+from tasks._presets import DatasetPairsTask, PairsPresetConfig
 from alignbench.registry import register_task
 
 ASSISTANT = "\n\nAssistant:"

@@ -10,7 +10,7 @@
   of them (6 per prefix) labelled by the classifier (the higher p(positive) is chosen; ``bt_scale`` > 0
   samples Bradley-Terry labels instead).
 
-Every model and dataset name may be a local path; see :mod:`alignbench.hub`. Needs a GPU for real sizes.
+Every model and dataset name may be a local path; see :mod:`tasks._presets`. Needs a GPU for real sizes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 from alignbench.config import check_int, check_nonnegative, param
 from alignbench.errors import ConfigError
 from alignbench.generation import sample
-from alignbench.hub import PresetConfig, PresetContext, PresetTask, completion_texts, pairs_from_scores
+from tasks._presets import PresetConfig, PresetContext, PresetTask, completion_texts, pairs_from_scores
 from alignbench.registry import register_task
 
 

@@ -45,13 +45,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from alignbench.api import GenerationSpec, Task
+from alignbench.api import GenerationSpec, SampleEvaluable, Task
 from alignbench.config import (check_choice, check_int, check_positive, check_range, param, stable_hash,
                                to_dict)
 from alignbench.errors import ConfigError
 from alignbench.evaluation import SampledTaskEnv
 from alignbench.generation import sample
-from alignbench.hub import quiet
+from alignbench.models import quiet
 from alignbench.io import file_lock, read_json, write_json
 from alignbench.models import freeze, tiny_gpt2, train_causal_lm, weights_fingerprint
 from alignbench.registry import register_task
@@ -379,6 +379,7 @@ class SentimentTask(Task):
     description = ("controlled sentiment generation on grammar movie reviews: tiny GPT-2 reference, "
                    "VADER gold reward, CPU, no downloads")
     config_cls = SentimentConfig
+    capabilities = (SampleEvaluable,)
     # sized so that the default sweep (~25 runs) fits in ~15 minutes on 2 CPU cores
     # PPO's rollouts of up to 16 tokens cost ~4x the exact task's; 40 iterations keep the default sweep
     # within its 15-minute budget on 2 cores (its gold reward has flattened by then at the default betas)

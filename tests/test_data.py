@@ -4,7 +4,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from alignbench.data import tokenize, unpair, validate_rows
+from alignbench.data import format_dataset, tokenize, unpair, validate_rows
 from alignbench.errors import DataError
 from alignbench.tokenization import build_word_tokenizer
 
@@ -31,18 +31,20 @@ def test_validation_names_row_and_field(rows, msg):
 
 def test_unpair_keeps_every_completion_and_mismatches_prompts():
     ds = pairs()
-    u = unpair(ds, seed=0)
+    u = format_dataset(ds, "unpaired", seed=0, statistic_columns={"kl_completion": "mismatched"})
     assert len(u) == 2 * len(ds)
     assert sum(u["label"]) == len(ds)
     assert sorted(u["completion"]) == sorted(list(ds["chosen"]) + list(ds["rejected"]))
     # the KL completion comes from a row with another prompt (completions here are unique per row)
     uniq = Dataset.from_dict({"prompt": [f"p{i % 3}" for i in range(6)], "chosen": [f"c{i}" for i in range(6)],
                               "rejected": [f"r{i}" for i in range(6)]})
-    uu = unpair(uniq, seed=1)
+    uu = format_dataset(uniq, "unpaired", seed=1, statistic_columns={"kl_completion": "mismatched"})
     owner = dict(zip(uu["completion"], uu["prompt"]))
     assert all(owner[k] != p for p, k in zip(uu["prompt"], uu["kl_completion"]))
     validate_rows(u, "unpaired")
-    assert unpair(ds, seed=0)["kl_completion"] == u["kl_completion"]  # fixed per dataset and seed
+    again = format_dataset(ds, "unpaired", seed=0, statistic_columns={"kl_completion": "mismatched"})
+    assert again["kl_completion"] == u["kl_completion"]  # fixed per dataset and seed
+    assert unpair(ds)["completion"] == u["completion"] and "kl_completion" not in unpair(ds).column_names
 
 
 def test_tokenize_masks_completion_only():

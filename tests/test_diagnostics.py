@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from alignbench import diagnostics as D
+from alignbench.report import diagnostics as D
 
 
 def rows_from(steps, **series):
@@ -53,18 +53,20 @@ def test_peak_step_and_overoptimization_flag():
                      ppo__rm_reward=[np.nan, 0.1, 0.2, 0.3, 0.5])
     pk = D.peak_step(rows)
     assert pk["step"] == 20 and pk["reward"] == 0.8 and pk["kl"] == 2
-    oo = D.overoptimization_flags(rows)
+    oo = D.overoptimization_flags(rows, proxies=("ppo/rm_reward",))
     assert oo["flag"] and oo["gold_falls"] and oo["proxy"] == "ppo/rm_reward"
+    no_proxy = D.overoptimization_flags(rows)  # a method that declares no proxy: the gold drop alone is no flag
+    assert no_proxy["gold_falls"] and not no_proxy["flag"] and no_proxy["proxy"] is None
     assert oo["drop"] == pytest.approx(0.4) and oo["proxy_change"] == pytest.approx(0.3)
     # the same drop inside the noise is not flagged
     noisy = [dict(r, **{"reward/gold_se": 0.3}) for r in rows]
-    assert not D.overoptimization_flags(noisy)["flag"]
+    assert not D.overoptimization_flags(noisy, proxies=("ppo/rm_reward",))["flag"]
     # gold still rising at the end: nothing to flag
     up = rows_from(steps, reward__gold=[0, 1, 2, 3, 4], logratio__margin=[0, 1, 2, 3, 4])
-    assert not D.overoptimization_flags(up)["flag"]
+    assert not D.overoptimization_flags(up, proxies=("logratio/margin",))["flag"]
     # gold falls but the proxy falls too: gold_falls without the overoptimization flag
     both = rows_from(steps, reward__gold=[0.0, 0.5, 0.8, 0.6, 0.4], logratio__margin=[0, 1, 2, 1, 0])
-    res = D.overoptimization_flags(both)
+    res = D.overoptimization_flags(both, proxies=("logratio/margin",))
     assert res["gold_falls"] and not res["flag"]
 
 

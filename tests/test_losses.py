@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from alignbench.api import FORMAT_COLUMNS, LogpBatch
+from alignbench.api import LogpBatch
+from alignbench.data import FORMAT_COLUMNS
 from alignbench.config import from_mapping
 from alignbench.errors import AlignbenchError, ConfigError
 from alignbench.registry import get_method
@@ -205,7 +206,7 @@ def test_kto_all_desirable_and_all_undesirable():
 
 
 def test_kto_class_unpacks_unpaired_batch():
-    assert FORMAT_COLUMNS[KTO.data_format] == ("completion", "kl_completion")
+    assert FORMAT_COLUMNS[KTO.data_format] + tuple(KTO.statistic_columns) == ("completion", "kl_completion")
     batch = LogpBatch(policy={"completion": t(*KP), "kl_completion": t(*KL_P)},
                       reference={"completion": t(*KR), "kl_completion": t(*KL_R)},
                       lengths={"completion": torch.tensor([1, 2, 3]), "kl_completion": torch.tensor([1, 1, 1])},

@@ -11,6 +11,7 @@ import pytest
 
 from alignbench import report as R
 from alignbench.cli import main
+from alignbench.registry import get_method
 
 from .conftest import TINY_EXACT, TINY_TRAIN
 
@@ -121,6 +122,9 @@ def synth_results(out, *, methods=("dpo", "ipo", "ppo", "bon"), sampled=True, fa
         "grids": {"exact": {(f"{m} (n)" if m == "bon" else f"{m} (beta)"): ([1, 4, 16] if m == "bon" else [0.1, 1.0])
                             for m in methods}},
         "tasks": {"exact": {"kl_estimator": "exact"}},
+        # what a sweep records: each method's declarations, each task's notes
+        "methods": {m: get_method(m).report_info() for m in methods},
+        "notes": {"exact": ["Deterministic preference labels (the stress preset)."] if labels == "deterministic" else []},
         "environment": {"python": "3.11", "platform": "linux", "device": "cpu", "cpu_count": 2,
                         "versions": {"torch": "2.13"}}, "wall_s": 12.0}))
     return out
@@ -138,7 +142,7 @@ def test_report_from_synthetic_results_has_every_section_in_order(synth):
     pos = [text.find(s) for s in SECTIONS]
     assert all(p >= 0 for p in pos), [s for s, p in zip(SECTIONS, pos) if p < 0]
     assert pos == sorted(pos)
-    for name in ("frontier.png", "diag_exact_dpo.png", "diag_exact_ipo.png", "diag_exact_ppo.png", "ppo_exact.png",
+    for name in ("frontier.png", "diag_exact_dpo.png", "diag_exact_ipo.png", "diag_exact_ppo.png", "proxy_exact.png",
                  "klgrowth_exact.png", "diag_sent_dpo.png"):
         assert (synth / name).exists(), name
         assert f"]({name})" in text, name
@@ -202,8 +206,8 @@ def test_report_with_only_failed_runs(tmp_path):
 def test_stress_runs_are_called_out(tmp_path):
     out = synth_results(tmp_path / "s", methods=("dpo", "ipo"), sampled=False, failed=False, labels="deterministic")
     text = R.write_report(out).read_text()
-    assert "deterministic preference labels" in text
     growth = text[text.index("### KL growth over training"):text.index("## Findings")]
+    assert "`exact`: Deterministic preference labels (the stress preset)." in growth  # the task's own note
     assert "not bounded" in growth or "bounded in all" in growth
 
 
@@ -241,3 +245,25 @@ def test_report_from_a_smoke_sweep_contains_every_section(smoke):
         assert (smoke / name).exists(), name
     wr = pd.read_csv(smoke / "winrates.csv")
     assert set(wr[wr["table"] == "vs_ref"]["method_a"]) == {"dpo", "kto"}
+
+
+def test_a_registered_section_is_included_in_order(tmp_path):
+    """Adding a section is one function and one registration line (alignbench.report.core)."""
+    from alignbench.report.core import register_section, sections, unregister_section
+
+    out = synth_results(tmp_path / "r", methods=("dpo",), sampled=False, failed=False)
+
+    @register_section("throwaway", order=45)
+    def throwaway(ctx):
+        n = int((ctx.summary["status"] == "ok").sum())
+        return f"## Throwaway\n\n{n} completed runs of {', '.join(sorted(ctx.method_info('dpo')))}\n"
+
+    try:
+        assert "throwaway" in [s.name for s in sections()]
+        text = R.write_report(out).read_text()
+    finally:
+        unregister_section("throwaway")
+    n_ok = int((pd.read_csv(out / "summary.csv")["status"] == "ok").sum())
+    assert f"## Throwaway\n\n{n_ok} completed runs of data_format, panels, proxy_curve, proxy_metric, sweep_param" in text
+    assert text.index("## Diagnostics over training") < text.index("## Throwaway") < text.index("## Findings")
+    assert "## Throwaway" not in R.write_report(out).read_text()  # unregistered again

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alignbench import winrates as W
+from alignbench.report import winrates as W
 
 
 def test_bootstrap_ci_covers_the_mean_at_about_the_nominal_rate():

@@ -20,7 +20,8 @@ Tables (rows of ``winrates.csv``, column ``table``):
                   (the actual KL is in ``kl_a`` / ``kl_b``);
 * ``vs_chosen``   against the preference data's chosen responses, where the task provides them.
 
-Per-prompt inputs, read from ``runs/<id>/eval_final.json`` (or the same keys in ``eval_final.npz``) and
+Per-prompt inputs, read through :class:`~alignbench.report.schema.ResultsData` from ``runs/<id>/eval_final.npz``
+(or ``eval_final.json`` of older versions) and
 ``DIR/task_<task>.npz`` (optional):
 exact tasks need the policy table ``logp`` (K x N) and the gold reward table (K x N) from
 ``task_<task>.npz`` key ``reward``, ``eval_final.json`` key ``reward_table``, or a 2-D ``reward``;
@@ -31,7 +32,6 @@ sampled tasks use ``rewards`` (P x n gold rewards of the policy's samples), else
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .schema import ResultsData, read_json_or_none, sym  # noqa: F401  (re-exported: the tables' readers)
 
 DEFAULT_BUDGETS = (0.3, 1.0, 3.0, 10.0)
 MAX_KL_RATIO = 2.0  # a run counts for a budget only if its KL is within this factor of it
@@ -136,71 +138,6 @@ def mean_head_to_head(reward_a: Any, reward_b: Any) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ per-prompt data
 
 
-def read_json_or_none(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-class ResultsData:
-    """Lazy, cached access to a results folder's per-prompt files (never loads a model)."""
-
-    def __init__(self, out: str | Path, summary: pd.DataFrame):
-        self.out = Path(out)
-        self.summary = summary
-        self._final: dict[str, Any] = {}
-        self._task: dict[str, dict[str, np.ndarray]] = {}
-
-    def eval_final(self, run_id: str) -> dict[str, Any] | None:
-        """``eval_final.json`` of a run, or the same keys from ``eval_final.npz`` (compact arrays)."""
-        if run_id not in self._final:
-            folder = self.out / "runs" / run_id
-            data = read_json_or_none(folder / "eval_final.json")
-            if data is None and (folder / "eval_final.npz").exists():
-                try:
-                    with np.load(folder / "eval_final.npz", allow_pickle=False) as z:
-                        data = {k: (z[k].tolist() if z[k].dtype.kind in "US" else z[k]) for k in z.files}
-                except (OSError, ValueError):
-                    data = None
-            self._final[run_id] = data
-        return self._final[run_id]
-
-    def task_artifacts(self, task: str) -> dict[str, np.ndarray]:
-        """Arrays the task saved once for the whole sweep (``task_<task>.npz`` or ``.json``), or {}."""
-        if task not in self._task:
-            arts: dict[str, np.ndarray] = {}
-            npz, js = self.out / f"task_{task}.npz", self.out / f"task_{task}.json"
-            if npz.exists():
-                try:
-                    with np.load(npz, allow_pickle=False) as z:
-                        arts = {k: z[k] for k in z.files}
-                except (OSError, ValueError):
-                    arts = {}
-            elif js.exists():
-                data = read_json_or_none(js) or {}
-                arts = {k: np.asarray(v) for k, v in data.items() if isinstance(v, list)}
-            self._task[task] = arts
-        return self._task[task]
-
-    def reward_table(self, task: str, run_id: str) -> np.ndarray | None:
-        arts = self.task_artifacts(task)
-        if "reward" in arts and np.asarray(arts["reward"]).ndim == 2:
-            return np.asarray(arts["reward"], float)
-        ef = self.eval_final(run_id) or {}
-        for key in ("reward_table", "reward"):
-            v = ef.get(key)
-            if v is not None:
-                a = np.asarray(v, dtype=float)
-                if a.ndim == 2:
-                    return a
-        return None
-
-    def prompts(self, run_id: str) -> list[str] | None:
-        ef = self.eval_final(run_id)
-        return list(ef["prompts"]) if ef and "prompts" in ef else None
-
-
 def _align(pa: list[str] | None, pb: list[str] | None, n_a: int, n_b: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the prompts both runs evaluated (in a's order)."""
     if pa is None or pb is None:
@@ -269,10 +206,6 @@ def run_vs_chosen(data: ResultsData, task: str, run_id: str) -> tuple[np.ndarray
 
 
 # ------------------------------------------------------------------------------------------ units and selection
-
-
-def sym(param: str) -> str:
-    return "β" if param == "beta" else str(param)
 
 
 @dataclass

@@ -6,8 +6,8 @@ not log are simply absent from the answer (``None``), never an error.
 
 * :func:`peak_step`                where the gold reward peaks over training;
 * :func:`overoptimization_flags`   gold reward falling after its peak (by more than its noise) while the
-                                   proxy (``ppo/rm_reward``, ``bon/rm_score``, or the implicit reward
-                                   margin ``logratio/margin`` of offline methods) keeps rising;
+                                   proxy (the metric the method declares as its proxy reward, e.g. a
+                                   reward model's score or the implicit reward margin) keeps rising;
 * :func:`overfitting_flags`        held-out preference loss rising from its minimum while the training
                                    loss keeps falling, and the train - held-out accuracy gap;
 * :func:`likelihood_displacement`  chosen and rejected log-ratios log pi/pi_ref (the known DPO effect:
@@ -22,51 +22,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-GOLD = "reward/gold"
-KL = "kl/ref"
-# the proxy a method optimises, by preference: the learned reward model's score (PPO), best-of-N's
-# ranking score, the implicit reward margin of offline methods on held-out pairs
-PROXIES = ("ppo/rm_reward", "bon/rm_score", "logratio/margin")
+from . import names as N
+from .schema import as_frame, load_metrics  # noqa: F401  (re-exported)
+
+GOLD, KL = N.GOLD, N.KL
 
 
 # ------------------------------------------------------------------------------------------ rows
-
-
-def as_frame(rows: pd.DataFrame | Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Evaluation rows as a DataFrame sorted by step, numeric columns coerced (None -> NaN)."""
-    df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame.from_records(list(rows))
-    if df.empty:
-        return pd.DataFrame({"step": pd.Series(dtype=float)})
-    for c in df.columns:
-        if df[c].dtype == object:
-            conv = pd.to_numeric(df[c], errors="coerce")
-            if conv.notna().sum() >= df[c].notna().sum():  # a numeric column with missing values
-                df[c] = conv
-    if "step" not in df:
-        df["step"] = np.arange(len(df), dtype=float)
-    return df.sort_values("step", kind="stable").reset_index(drop=True)
-
-
-def load_metrics(run_dir: str | Path) -> pd.DataFrame:
-    """``run_dir/metrics.jsonl`` as a frame (empty when the file is missing or unreadable)."""
-    import json
-
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a partial last line of a run that was killed mid-write
-    return as_frame(rows)
 
 
 def _series(df: pd.DataFrame, key: str) -> pd.Series | None:
@@ -102,7 +69,7 @@ def peak_step(rows: pd.DataFrame | Sequence[dict[str, Any]], key: str = GOLD) ->
 
 
 def overoptimization_flags(rows: pd.DataFrame | Sequence[dict[str, Any]], *, z: float = 2.0,
-                           rel_tol: float = 0.05, proxies: Sequence[str] = PROXIES) -> dict[str, Any] | None:
+                           rel_tol: float = 0.05, proxies: Sequence[str] = ()) -> dict[str, Any] | None:
     """Gold reward falling after its peak while the proxy keeps rising.
 
     ``gold_falls``: the final gold reward lies below the peak by more than ``z`` standard errors of the
@@ -226,14 +193,17 @@ def kl_bounded(rows: pd.DataFrame | Sequence[dict[str, Any]], *, last_frac: floa
             "n_points": int(len(w))}
 
 
-def run_diagnostics(rows: pd.DataFrame | Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """All per-run diagnostics, flattened to one row (keys absent where the run did not log the inputs)."""
+def run_diagnostics(rows: pd.DataFrame | Sequence[dict[str, Any]], proxies: Sequence[str] = ()) -> dict[str, Any]:
+    """All per-run diagnostics, flattened to one row (keys absent where the run did not log the inputs).
+
+    ``proxies``: the metric(s) the run's method declares as its proxy reward (for the overoptimization flag).
+    """
     df = as_frame(rows)
     out: dict[str, Any] = {"n_evals": int(len(df)), "final_step": float(df["step"].max()) if len(df) else float("nan")}
     pk = peak_step(df)
     if pk:
         out.update(peak_step=pk["step"], peak_reward=pk["reward"], peak_kl=pk["kl"])
-    oo = overoptimization_flags(df)
+    oo = overoptimization_flags(df, proxies=proxies)
     if oo:
         out.update(gold_drop=oo["drop"], gold_noise=oo["noise"], gold_falls=oo["gold_falls"], proxy=oo["proxy"],
                    proxy_change=oo["proxy_change"], overoptimized=oo["flag"])

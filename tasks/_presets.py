@@ -1,5 +1,7 @@
 """Shared loading for the real-model presets (imdb, hh_rlhf, tldr): hub names or local copies.
 
+A private module of the task plugins (the registry skips ``_``-prefixed modules): the harness never imports it.
+
 Every model and dataset of a preset is a config field that takes either a Hugging Face Hub name or a
 local path (a ``save_pretrained`` folder; a ``datasets`` ``save_to_disk`` folder, a folder of data
 files, or a json / jsonl / parquet / csv file). When the hub cannot be reached (``HF_HUB_OFFLINE=1``,
@@ -14,7 +16,6 @@ reward is the judge), the optional SFT step, and a cached build folder per prese
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -30,10 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .api import GenerationSpec, Task
-from .config import check_choice, check_int, check_positive, check_range, param, stable_hash, to_dict
-from .errors import AlignbenchError, ConfigError
-from .evaluation import SampledTaskEnv
+from alignbench.api import GenerationSpec, SampleEvaluable, Task
+from alignbench.config import check_choice, check_int, check_positive, check_range, param, stable_hash, to_dict
+from alignbench.errors import AlignbenchError, ConfigError
+from alignbench.models import quiet
+from alignbench.evaluation import SampledTaskEnv
 
 DATA_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -111,25 +113,6 @@ def resolve(name_or_path: str | Path, *, what: str, repo_type: str = "model") ->
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0][:200] if s else type(e).__name__
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Hide the progress bars of ``datasets`` (save / load) and ``transformers`` (weight loading) for a block."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    ds_on = not datasets.utils.are_progress_bars_disabled()
-    tf_on = hf_logging.is_progress_bar_enabled()
-    datasets.utils.disable_progress_bars()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if ds_on:
-            datasets.utils.enable_progress_bars()
-        if tf_on:
-            hf_logging.enable_progress_bar()
 
 
 # ------------------------------------------------------------------------------------------ datasets
@@ -240,7 +223,7 @@ def load_policy(name_or_path: str | Path, *, what: str = "policy", tokenizer: st
                 tokenizer_what: str = "tokenizer", trust_remote_code: bool = False,
                 dtype: str = "float32") -> tuple[nn.Module, Any, str]:
     """A causal LM and its tokenizer (pad = eos when missing); returns (model, tokenizer, resolved source)."""
-    from .models import check_tokenizer_fits, load_causal_lm, load_tokenizer
+    from alignbench.models import check_tokenizer_fits, load_causal_lm, load_tokenizer
 
     src = resolve(name_or_path, what=what)
     tok_src = resolve(tokenizer, what=tokenizer_what) if tokenizer else src
@@ -271,7 +254,7 @@ class SequenceJudge:
                  max_length: int = 512, strip: Sequence[str] = ()):
         from transformers import AutoModelForSequenceClassification
 
-        from .models import fast_kernels, freeze, load_tokenizer
+        from alignbench.models import fast_kernels, freeze, load_tokenizer
 
         if input_mode not in ("concat", "pair"):
             raise AlignbenchError(f"judge_input: must be 'concat' or 'pair', got {input_mode!r}")
@@ -354,7 +337,7 @@ def sft_reference(model: nn.Module, tokenizer: Any, prompts: Sequence[str], comp
                   desc: str = "SFT") -> list[float]:
     """Supervised fine-tuning of the reference on prompt + completion (loss on completion tokens only;
     an empty prompt trains on the whole text). Uses the shared :func:`train_causal_lm`."""
-    from .models import train_causal_lm
+    from alignbench.models import train_causal_lm
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
@@ -414,7 +397,7 @@ class PresetEnv(SampledTaskEnv):
 def build_cached(folder: Path, build: Callable[[Path], None]) -> None:
     """Run ``build(tmp)`` once into a temporary folder and move it to ``folder`` (under a file lock);
     ``folder/meta.json`` marks a complete build."""
-    from .io import file_lock
+    from alignbench.io import file_lock
 
     if (folder / "meta.json").exists():
         return
@@ -566,6 +549,7 @@ class PresetTask(Task):
     pair rows and train prompts, cached) and :meth:`eval_prompts` (computed at each setup).
     """
 
+    capabilities = (SampleEvaluable,)
     eval_only_fields: tuple[str, ...] = ("n_eval_prompts", "n_eval_samples", "temperature", "eval_batch_size",
                                          "judge_batch_size")
     reward_model_defaults: dict[str, Any] = {"lr": 1e-5, "batch_size": 16, "epochs": 2}
@@ -602,8 +586,8 @@ class PresetTask(Task):
     def _setup(self, cache_dir: Path, device: torch.device) -> PresetEnv:
         from datasets import Dataset, load_from_disk
 
-        from .io import read_json, write_json
-        from .models import freeze
+        from alignbench.io import read_json, write_json
+        from alignbench.models import freeze
 
         cfg = self.config
         device = torch.device(device)
