@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from .api import EvalResult, GenerationSpec, TaskEnv
 from .generation import Samples, sample
 from .logprobs import sequence_logps
+from .report import names as N
 
 KL_ESTIMATOR = ("sampled: k1 = mean over policy samples of the summed per-token log-ratio "
                 "log pi - log pi_ref (unbiased); k3 reported as kl/ref_k3")
@@ -219,8 +220,8 @@ class SampledTaskEnv(TaskEnv):
         log_ratio = pol.logp - pol.logp_ref
         per_kl = log_ratio.mean(1)
         metrics: dict[str, float] = {}
-        self._put(metrics, "reward/gold", pol.rewards.mean(1))
-        self._put(metrics, "kl/ref", per_kl)
+        self._put(metrics, N.GOLD, pol.rewards.mean(1))
+        self._put(metrics, N.KL, per_kl)
         self._put(metrics, "kl/ref_k3", pol.k3.mean(1))
         per_win = pairwise_win_rate(pol.rewards, ref.rewards)
         self._put(metrics, "winrate/vs_ref", per_win)
@@ -229,7 +230,7 @@ class SampledTaskEnv(TaskEnv):
         metrics["reward/ref"] = float(ref.rewards.mean())
         metrics["kl/is_bound"] = 0.0
         if beta is not None:
-            metrics["reward/kl_penalized"] = metrics["reward/gold"] - float(beta) * metrics["kl/ref"]
+            metrics["reward/kl_penalized"] = metrics[N.GOLD] - float(beta) * metrics[N.KL]
         vs_chosen = self.win_rate_vs_chosen(policy, seed)
         if vs_chosen is not None:
             self._put(metrics, "winrate/vs_chosen", vs_chosen)
@@ -291,14 +292,14 @@ class SampledTaskEnv(TaskEnv):
         per_win = np.array([pairwise_win_rate(rewards[groups[p]][None], ref.rewards[ref_rows[p]][None])[0]
                             for p in uniq])
         metrics: dict[str, float] = {}
-        self._put(metrics, "reward/gold", per_reward)
+        self._put(metrics, N.GOLD, per_reward)
         self._put(metrics, "winrate/vs_ref", per_win)
         self._put(metrics, "policy/length", per_len)
         metrics["reward/ref"] = float(np.mean([ref.rewards[ref_rows[p]].mean() for p in uniq]))
         if kl is not None:
-            metrics["kl/ref"] = float(kl)
+            metrics[N.KL] = float(kl)
             if kl_se is not None:
-                metrics["kl/ref_se"] = float(kl_se)
+                metrics[N.KL_SE] = float(kl_se)
         metrics["kl/is_bound"] = 1.0 if kl_is_bound else 0.0
         per_prompt = {
             "prompts": uniq,

@@ -29,6 +29,7 @@ from .distributed import Distributed
 from .models import prepare_policy
 from .optim import clip_gradients, make_optimizer, warmup_schedule
 from .packing import CHECK_TOLERANCE, packed_forward, worth_packing
+from .report import names as N
 
 EVAL_CHUNK = 256
 
@@ -307,7 +308,7 @@ def train_offline(method: OfflineMethod, ctx: RunContext) -> None:
             evaluate(step, running)
             if ctx.logger.rows:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in ctx.logger.rows[-1].items()
-                                 if k in ("reward/gold", "kl/ref")})
+                                 if k in (N.GOLD, N.KL)})
         if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps and dist.is_main:
             ctx.save_checkpoint(step, modules, running)
         dist.wait()

@@ -68,6 +68,7 @@ from alignbench.config import (check_choice, check_int, check_nonnegative, check
                                param, stable_hash)
 from alignbench.errors import ConfigError, DataError
 from alignbench.registry import register_task
+from alignbench.report import names as N
 
 MAX_RESPONSES = 4096
 REFERENCE_VERSION = 3  # bump when the way the reference is built changes (invalidates caches)
@@ -564,8 +565,8 @@ class ExactEnv(TaskEnv):
         kl_ref = float(X.kl(lp, ref))
         per_prompt_kl = torch.where(p > 0, p * (lp - ref), torch.zeros_like(p)).sum(-1)
         metrics = {
-            "reward/gold": reward,
-            "kl/ref": kl_ref,
+            N.GOLD: reward,
+            N.KL: kl_ref,
             "policy/entropy": float(X.entropy(lp)),
             "winrate/vs_ref": float(X.expected(lp, self.win_vs_ref)),
             "winrate/vs_chosen": float((p * self.win_vs_chosen).sum(-1)[self._has_eval_pairs].mean()),

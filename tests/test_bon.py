@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignbench import io
-from alignbench.api import EvalResult
+from alignbench.api import EnumerableEnv, EvalResult, SampleEvaluable
 from alignbench.config import from_mapping
 from alignbench.errors import ConfigError
 from .conftest import SMALL_EXACT
@@ -81,15 +81,18 @@ def test_score_table_matches_direct_scoring(env, cache):
 
 
 class SampledView:
-    """The exact env seen as a sampled task (exact = False) with the sampled-task evaluation signature."""
+    """The exact env seen as a sampled task: no EnumerableEnv interface, the SampleEvaluable one instead."""
 
     exact = False
+    HIDDEN = ("ref_logp_table", "reward_table", "prompt_ids", "response_ids", "evaluate_table")
 
     def __init__(self, env):
         self._env = env
         self.calls = []
 
     def __getattr__(self, name):
+        if name in self.HIDDEN:
+            raise AttributeError(name)
         return getattr(self._env, name)
 
     def evaluate_samples(self, prompts, completions, *, kl, kl_se, kl_is_bound, lengths=None, seed=0):
@@ -102,6 +105,7 @@ class SampledView:
 
 def test_sampled_branch_keeps_the_rm_best_and_reports_the_bound(task, env, cache, tmp_path):
     view = SampledView(env)
+    assert not isinstance(view, EnumerableEnv) and isinstance(view, SampleEvaluable)
     n = 8
     summary, rows = _run(task, view, cache, tmp_path, n, samples_per_prompt=64)
     assert summary["status"] == "ok", summary

@@ -173,11 +173,10 @@ def test_winrates_csv_is_antisymmetric_with_mirrored_intervals(synth):
     for (table, task, a, b), r in idx.items():
         o = idx[(table, task, b, a)]
         assert r["win_rate"] + o["win_rate"] == pytest.approx(1.0, abs=1e-9)
-        assert r["ci_low"] == pytest.approx(1.0 - o["ci_high"], abs=1e-9)
-    # sampled vs-ref rows carry a bootstrap interval; exact rows are exact (no interval)
+        assert r["ci_low"] == pytest.approx(1.0 - o["ci_high"], abs=1e-9, nan_ok=True)
+    # one seed per cell: no interval over training runs, whatever the task (tests/test_report_seeds.py: several)
     ref = wr[wr["table"] == "vs_ref"]
-    assert ref[ref["task"] == "sent"]["ci_low"].notna().all()
-    assert ref[ref["task"] == "exact"]["ci_low"].isna().all()
+    assert ref["ci_low"].isna().all() and (ref["n_seeds"] == 1).all()
     # the sampled task is judged on sample pairs
     assert set(h2h[h2h["task"] == "sent"]["judge"]) == {"gold reward, sample pairs"}
 

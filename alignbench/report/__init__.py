@@ -31,7 +31,7 @@ _LAZY = {
     "Diagnosis": "diagnosis", "diagnose": "diagnosis", "method_gao_fit": "diagnosis",
     "plot_frontier": "sections.frontier",
     "findings_frontier": "sections.findings", "findings_winrates": "sections.findings",
-    "findings_diagnostics": "sections.findings", "method_fronts": "sections.findings",
+    "findings_diagnostics": "sections.findings", "build_ranking": "ranking",
     "kl_bounded_statement": "sections.diagnostics",
 }
 

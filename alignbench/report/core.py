@@ -112,6 +112,13 @@ class ReportContext:
         return self.once("winrates", build)
 
     @property
+    def ranking(self) -> pd.DataFrame:
+        """Frontier scores, pairwise comparisons and stability over seeds (:mod:`.ranking`)."""
+        from .ranking import build_ranking
+
+        return self.once("ranking", lambda: build_ranking(self.summary))
+
+    @property
     def diagnosis(self) -> Any:
         """The diagnostics over training (per-run flags, Gao fits, figures): :class:`~.diagnosis.Diagnosis`."""
         from .diagnosis import diagnose

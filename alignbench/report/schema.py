@@ -5,6 +5,7 @@ tables, the diagnostics) all use this module, so the layout is defined once:
 
 ```
 DIR/summary.csv            one row per run (SUMMARY_COLUMNS: BASE_COLUMNS, then metric columns, then extras)
+DIR/winrates.csv, DIR/ranking.csv, DIR/report.md, DIR/*.png   written by the report
 DIR/sweep.json             the resolved sweep config, grids, task facts and notes, method declarations, versions
 DIR/frontier_<task>.csv    the exact optimal frontier (beta, kl, reward), where the task has one
 DIR/task_<task>.npz        arrays a task saves once per sweep (e.g. the exact task's reward table)
@@ -32,6 +33,7 @@ SUMMARY_CSV = "summary.csv"
 SWEEP_JSON = "sweep.json"
 REPORT_MD = "report.md"
 WINRATES_CSV = "winrates.csv"
+RANKING_CSV = "ranking.csv"
 RUNS = "runs"
 CONFIG_JSON = "config.json"
 METRICS_JSONL = "metrics.jsonl"

@@ -10,7 +10,9 @@ Judges (always the task's gold reward, on the same prompts):
 
 Every table is antisymmetric: the value of A against B is 1 minus that of B against A (ties count 1/2
 on both sides), and with the same bootstrap draws the interval of B vs A mirrors that of A vs B.
-Intervals are percentile bootstrap intervals over prompts (:func:`bootstrap_ci`).
+Intervals are 95% percentile bootstrap intervals over training runs: seeds (seed pairs for head-to-head rows)
+resampled, then prompts within each (:func:`alignbench.report.seeds.hierarchical_bootstrap`); a cell with a
+single seed gets no interval, since prompts alone leave out the spread between training runs.
 
 Tables (rows of ``winrates.csv``, column ``table``):
 
@@ -41,12 +43,13 @@ import numpy as np
 import pandas as pd
 
 from .schema import ResultsData, read_json_or_none, sym  # noqa: F401  (re-exported: the tables' readers)
+from .seeds import hierarchical_bootstrap
 
 DEFAULT_BUDGETS = (0.3, 1.0, 3.0, 10.0)
 MAX_KL_RATIO = 2.0  # a run counts for a budget only if its KL is within this factor of it
 CSV_COLUMNS = ["table", "task", "budget_kl", "method_a", "param_a", "value_a", "kl_a", "kl_a_is_bound", "reward_a",
                "method_b", "param_b", "value_b", "kl_b", "kl_b_is_bound", "reward_b", "win_rate", "ci_low", "ci_high",
-               "n_prompts", "judge"]
+               "n_prompts", "n_seeds", "judge"]
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -270,9 +273,9 @@ def select_matched_kl(us: Sequence[Unit], budget: float,
     return {k: v[1] for k, v in pick.items()}
 
 
-def unit_head_to_head(data: ResultsData, a: Unit, b: Unit) -> tuple[np.ndarray, str] | None:
-    """Per-prompt values of unit a against unit b, averaged over seed pairs (same seeds paired where
-    both have them, else every combination)."""
+def unit_head_to_head(data: ResultsData, a: Unit, b: Unit) -> tuple[list[np.ndarray], str] | None:
+    """Per-prompt values of unit a against unit b, one array per seed pair (the same seeds paired where both
+    have them, else every combination, at most 25)."""
     seeds_a = _seeds(data, a)
     seeds_b = _seeds(data, b)
     common = sorted(set(seeds_a) & set(seeds_b))
@@ -286,7 +289,7 @@ def unit_head_to_head(data: ResultsData, a: Unit, b: Unit) -> tuple[np.ndarray, 
         judge = res[1]
     if not vals or len({len(v) for v in vals}) != 1:
         return None
-    return np.mean(np.stack(vals), 0), str(judge)
+    return vals, str(judge)
 
 
 def _seeds(data: ResultsData, u: Unit) -> dict[Any, str]:
@@ -298,16 +301,19 @@ def _seeds(data: ResultsData, u: Unit) -> dict[Any, str]:
     return out
 
 
-def _row(table: str, a: Unit, b: Unit | None, vals: np.ndarray, judge: str, n_boot: int, seed: int,
+def _row(table: str, a: Unit, b: Unit | None, vals: list[np.ndarray], judge: str, n_boot: int, seed: int,
          budget: float = float("nan"), b_name: str = "") -> dict[str, Any]:
-    point, lo, hi = bootstrap_ci(vals, n_boot=n_boot, seed=seed)
+    """One table row: the mean over seeds (or seed pairs) of the per-prompt mean, with a 95% interval from
+    resampling seeds and, within each, prompts (none with a single seed: see ``report/seeds.py``)."""
+    point, lo, hi = hierarchical_bootstrap(vals, n_boot=n_boot, seed=seed)
     return {"table": table, "task": a.task, "budget_kl": budget, "method_a": a.method, "param_a": a.param,
             "value_a": a.value, "kl_a": a.kl, "kl_a_is_bound": a.kl_is_bound, "reward_a": a.reward,
             "method_b": b.method if b else b_name, "param_b": b.param if b else "",
             "value_b": b.value if b else float("nan"), "kl_b": b.kl if b else (0.0 if b_name == "reference" else float("nan")),
             "kl_b_is_bound": b.kl_is_bound if b else False,
             "reward_b": b.reward if b else float("nan"),
-            "win_rate": point, "ci_low": lo, "ci_high": hi, "n_prompts": int(np.isfinite(vals).sum()), "judge": judge}
+            "win_rate": point, "ci_low": lo, "ci_high": hi, "n_prompts": int(np.isfinite(vals[0]).sum()),
+            "n_seeds": len(vals), "judge": judge}
 
 
 def _summary_row(table: str, u: Unit, summary: pd.DataFrame, col: str, b_name: str) -> dict[str, Any] | None:
@@ -326,8 +332,8 @@ def _summary_row(table: str, u: Unit, summary: pd.DataFrame, col: str, b_name: s
         se = float(ses.mean()) / math.sqrt(int(ses.notna().sum()))
         lo, hi = w - 1.96 * se, w + 1.96 * se
         judge = "normal interval from the run's SE (no per-prompt data)"
-    row = _row(table, u, None, np.array([w]), judge, 1, 0, b_name=b_name)
-    row.update(win_rate=w, ci_low=lo, ci_high=hi, n_prompts=float("nan"))
+    row = _row(table, u, None, [np.array([w])], judge, 1, 0, b_name=b_name)
+    row.update(win_rate=w, ci_low=lo, ci_high=hi, n_prompts=float("nan"), n_seeds=int(vals.notna().sum()))
     return row
 
 
@@ -346,7 +352,7 @@ def head_to_head_rows(data: ResultsData, picks: dict[tuple[str, str], Unit], tab
                 continue
             vals, judge = res
             rows.append(_row(table, a, b, vals, judge, n_boot, seed, budget))
-            rows.append(_row(table, b, a, 1.0 - vals, judge, n_boot, seed, budget))
+            rows.append(_row(table, b, a, [1.0 - v for v in vals], judge, n_boot, seed, budget))
     return rows
 
 
@@ -361,8 +367,7 @@ def build_winrates(out: str | Path, summary: pd.DataFrame, *, budgets: Sequence[
         per = [run_vs_reference(data, r) for r in u.run_ids]
         per = [p for p in per if p is not None]
         if per and len({len(p) for p in per}) == 1:
-            rows.append(_row("vs_ref", u, None, np.mean(np.stack(per), 0), "gold reward, sample pairs", n_boot, seed,
-                             b_name="reference"))
+            rows.append(_row("vs_ref", u, None, per, "gold reward, sample pairs", n_boot, seed, b_name="reference"))
         else:
             row = _summary_row("vs_ref", u, summary, "win_rate_vs_ref", "reference")
             if row:
@@ -380,8 +385,7 @@ def build_winrates(out: str | Path, summary: pd.DataFrame, *, budgets: Sequence[
                 per.append(res[0])
                 judge = res[1]
         if per and len({len(p) for p in per}) == 1:
-            rows.append(_row("vs_chosen", u, None, np.nanmean(np.stack(per), 0), judge, n_boot, seed,
-                             b_name="data chosen"))
+            rows.append(_row("vs_chosen", u, None, per, judge, n_boot, seed, b_name="data chosen"))
         else:
             row = _summary_row("vs_chosen", u, summary, "win_rate_vs_chosen", "data chosen")
             if row:

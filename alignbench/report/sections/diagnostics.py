@@ -142,6 +142,10 @@ def kl_bounded_statement(pr: pd.DataFrame) -> str:
                          f"{growth}, at {at}).")
         else:
             runs_txt = "its only run" if n == 1 else f"{n - nb} of {n} runs"
+            cells = "; ".join(f"{sym(p)}={v:g}: {int((~c['kl_bounded'].astype(bool)).sum())} of {c['seed'].nunique()} "
+                              f"seed{'s' if c['seed'].nunique() != 1 else ''}"
+                              for (p, v), c in g.groupby(["param", "value"], sort=True)
+                              if (~c["kl_bounded"].astype(bool)).any())
             lines.append(f"- `{task}` / {method}: KL **not bounded** in {runs_txt} (still growing over the last "
-                         f"third, by up to {growth}, at {at}).")
+                         f"third, by up to {growth}, at {at}; k of n seeds per value: {cells}).")
     return "\n".join(lines)

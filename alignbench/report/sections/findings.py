@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import diagnostics as D
 from ..core import ReportContext, register_section
 from ..diagnosis import Diagnosis
 from ..schema import sym
@@ -17,82 +16,96 @@ def ok_runs(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[summary["status"] == "ok"]
 
 
-def method_fronts(summary: pd.DataFrame, task: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    ok = ok_runs(summary)
-    ok = ok[(ok["task"] == task)]
-    if "kl" not in ok or "reward" not in ok:
-        return {}
-    fronts = {}
-    for method, g in ok.groupby("method"):
-        g = g.groupby("sweep_value")[["kl", "reward"]].mean().dropna()
-        if len(g):
-            fronts[str(method)] = D.pareto_front(g["kl"], g["reward"])
-    return fronts
-
-
-def findings_frontier(summary: pd.DataFrame) -> list[str]:
+def findings_frontier(summary: pd.DataFrame, ranking: pd.DataFrame) -> list[str]:
+    """Per task: the best mean gold reward per method (with its n), and which method's frontier score beats which,
+    stated only where the interval over seeds of the difference excludes 0."""
     out = []
     ok = ok_runs(summary)
     for task in sorted(ok["task"].unique()):
-        fronts = method_fronts(summary, task)
-        if not fronts:
-            continue
         t = ok[ok["task"] == task]
-        tie = 0.0
-        if "reward_se" in t and t["reward_se"].notna().any():
-            tie = 2.0 * float(t["reward_se"].median())
-        seg = D.frontier_leaders(fronts, tie_tol=tie)
-        if not seg.empty:  # segments narrower than 2% of the compared KL range are interpolation noise
-            span = float(seg["kl_hi"].max() - seg["kl_lo"].min())
-            seg = seg[(seg["kl_hi"] - seg["kl_lo"]) >= 0.02 * span] if span > 0 else seg.iloc[0:0]
         best = []
         for method, g in t.groupby("method"):
             if "reward" not in g or g["reward"].isna().all():
                 continue
-            gg = g.groupby("sweep_value")[["kl", "reward"]].mean()
+            gg = g.groupby("sweep_value").agg(kl=("kl", "mean"), reward=("reward", "mean"), n=("seed", "nunique"))
             v = gg["reward"].idxmax()
-            best.append((float(gg.loc[v, "reward"]), method, v, float(gg.loc[v, "kl"]), str(g["sweep_param"].iloc[0])))
+            best.append((float(gg.loc[v, "reward"]), method, v, float(gg.loc[v, "kl"]), str(g["sweep_param"].iloc[0]),
+                         int(gg.loc[v, "n"])))
         best.sort(reverse=True)
         if best:
-            out.append(f"- **{task}**: highest gold reward per method: " + "; ".join(
-                f"{m} {r:.3f} at {sym(p)}={v:g} (KL {k:.2f} nats)" for r, m, v, k, p in best) + ".")
-        if not seg.empty:
-            tol = f" (leads smaller than {tie:.3f}, 2 median SEs, are called ties)" if tie > 0 else ""
-            pieces = []
-            for _, s in seg.iterrows():
-                if s["leader"] == "tie":
-                    pieces.append(f"no method ahead by more than {tie:.3f} for KL {s['kl_lo']:.3g}–{s['kl_hi']:.3g} nats")
-                else:
-                    pieces.append(f"{s['leader']} for KL {s['kl_lo']:.3g}–{s['kl_hi']:.3g} nats (ahead of {s['runner_up']} "
-                                  f"by up to {s['max_lead']:.3f})")
-            out.append(f"- **{task}**: the highest frontier (Pareto points of each method, linearly interpolated, "
-                       f"compared where at least two methods reach){tol}: " + "; ".join(pieces) + ".")
-        else:
-            out.append(f"- **{task}**: no frontier comparison: it needs at least two methods with two or more Pareto "
-                       "points at distinct KL whose KL ranges overlap (over more than a sliver).")
+            out.append(f"- **{task}**: highest mean gold reward per method: " + "; ".join(
+                f"{m} {r:.3f} at {sym(p)}={v:g} (KL {k:.2f} nats, n={n})" for r, m, v, k, p, n in best) + ".")
+        pw = ranking[(ranking["table"] == "pairwise") & (ranking["task"] == task)] if len(ranking) else ranking
+        if pw.empty or pw["kl_lo"].isna().all():
+            out.append(f"- **{task}**: no frontier comparison: no KL range is reached by at least two methods in every "
+                       "seed.")
+            continue
+        lo, hi = float(pw["kl_lo"].iloc[0]), float(pw["kl_hi"].iloc[0])
+        ahead = pw[pw["ci_low"] > 0].sort_values("score", ascending=False)
+        if not ahead.empty:
+            out.append(f"- **{task}**: frontier score (mean best reward over KL {lo:.3g}–{hi:.3g} nats) higher, with the "
+                       "95% interval over seeds of the difference above 0: " + "; ".join(
+                           f"{r['method']} over {r['method_b']} by {fmt_ci(r['score'], r['ci_low'], r['ci_high'])} "
+                           f"(n={int(r['n_seeds'])} and {int(r['n_seeds_b'])} seeds, P(A > B) = {r['prob_improvement']:.2f})"
+                           for _, r in ahead.iterrows()) + ".")
+        decided = {tuple(sorted((r["method"], r["method_b"]))) for _, r in ahead.iterrows()}
+        rest = pw[(pw["method"] < pw["method_b"])]
+        rest = [r for _, r in rest.iterrows() if (r["method"], r["method_b"]) not in decided]
+        if rest:
+            n_max = max(max(int(r["n_seeds"]), int(r["n_seeds_b"])) for r in rest)
+            why = "not distinguishable" if n_max >= 2 else "not compared (one seed: no interval over training runs)"
+            out.append(f"- **{task}**: frontier scores {why}: " + ", ".join(
+                f"{r['method']} vs {r['method_b']} (n={int(r['n_seeds'])}, {int(r['n_seeds_b'])})" for r in rest) + ".")
         if "frontier_gap" in t and t["frontier_gap"].notna().any():
-            gaps = t.groupby("method")["frontier_gap"].agg(["median", "min"]).sort_values("median")
+            gaps = t.groupby("method")["frontier_gap"].agg(["median", "min", "size"]).sort_values("median")
             out.append(f"- **{task}**: distance below the optimal frontier (gold reward at the same KL), median (min) "
-                       "over runs: " + "; ".join(f"{m} {r['median']:.3f} ({r['min']:.3f})" for m, r in gaps.iterrows()) + ".")
+                       "over runs: " + "; ".join(f"{m} {r['median']:.3f} ({r['min']:.3f}; {int(r['size'])} runs)"
+                                                 for m, r in gaps.iterrows()) + ".")
     return out
 
 
 def findings_winrates(wr: pd.DataFrame) -> list[str]:
+    """Head-to-head wins at each method's best sweep value, stated only where the interval over seeds lies above
+    0.5; the rest are "not distinguishable with n seeds" (every statement names its n)."""
     out = []
     best = wr[(wr["table"] == "best")]
     if best.empty:
         return out
+    n_seeds = pd.to_numeric(best.get("n_seeds", pd.Series(1, index=best.index)), errors="coerce").fillna(1)
     sig = best[(best["ci_low"] > 0.5 + 1e-6)].sort_values(["task", "win_rate"], ascending=[True, False])
     for task in sorted(best["task"].unique()):
         s = sig[sig["task"] == task]
-        if s.empty:
-            out.append(f"- **{task}**: at each method's best sweep value, no head-to-head win rate has a 95% interval "
-                       "above 0.5.")
-        else:
-            out.append(f"- **{task}**: at each method's best sweep value, win rates whose 95% interval lies above 0.5: "
-                       + "; ".join(f"{r['method_a']} over {r['method_b']} {fmt_ci(r['win_rate'], r['ci_low'], r['ci_high'])}"
-                                   for _, r in s.iterrows()) + ".")
+        t = best[best["task"] == task]
+        n_lo, n_hi = int(n_seeds[t.index].min()), int(n_seeds[t.index].max())
+        n_txt = f"{n_lo} seed{'s' if n_lo != 1 else ''}" if n_lo == n_hi else f"{n_lo}-{n_hi} seeds"
+        if n_hi < 2:
+            out.append(f"- **{task}**: head-to-head win rates at each method's best sweep value are not compared: "
+                       f"with {n_txt} per cell there is no interval over training runs.")
+            continue
+        pairs = {tuple(sorted((r["method_a"], r["method_b"]))) for _, r in t.iterrows()}
+        won = {tuple(sorted((r["method_a"], r["method_b"]))) for _, r in s.iterrows()}
+        if not s.empty:
+            out.append(f"- **{task}**: at each method's best sweep value, win rates whose 95% interval over seeds lies "
+                       f"above 0.5 ({n_txt}): " + "; ".join(
+                           f"{r['method_a']} over {r['method_b']} {fmt_ci(r['win_rate'], r['ci_low'], r['ci_high'])}"
+                           for _, r in s.iterrows()) + ".")
+        rest = sorted(pairs - won)
+        if rest:
+            out.append(f"- **{task}**: not distinguishable head to head with {n_txt}: "
+                       + ", ".join(f"{a} vs {b}" for a, b in rest) + ".")
     return out
+
+
+def k_of_n(pr: pd.DataFrame, flag: str) -> str:
+    """Where a per-run flag fired, as "k of n seeds" per (task, method, sweep value), e.g. "`exact` dpo β=0.1: 2 of 3"."""
+    d = pr.dropna(subset=[flag])
+    cells = []
+    for (task, method, param, value), g in d.groupby(["task", "method", "param", "value"], sort=True):
+        k = int(g[flag].astype(bool).sum())
+        if k:
+            cells.append(f"`{task}` {method} {sym(param)}={value:g}: {k} of {g['seed'].nunique()} seed"
+                         + ("s" if g["seed"].nunique() != 1 else ""))
+    return "; ".join(cells)
 
 
 def findings_diagnostics(diag: Diagnosis) -> list[str]:
@@ -110,6 +123,7 @@ def findings_diagnostics(diag: Diagnosis) -> list[str]:
             out.append("- Overoptimization: no run's gold reward fell after its peak by more than its noise while its "
                        "proxy kept rising.")
         else:
+            out.append(f"- Overoptimization (k of n seeds per cell): {k_of_n(pr, 'overoptimized')}.")
             out.append(f"- Overoptimization detected in {len(flagged)} run(s): " + "; ".join(
                 f"{lab(r)}: gold reward peaked at step {r['peak_step']:.0f} ({r['peak_reward']:.3f}) and fell by "
                 f"{r['gold_drop']:.3f} by the end while {r['proxy']} rose by {r['proxy_change']:.3f}"
@@ -132,6 +146,7 @@ def findings_diagnostics(diag: Diagnosis) -> list[str]:
             out.append(f"- Overfitting: in none of {n_with} offline runs did the held-out loss rise from its minimum "
                        "while the training-subset loss kept falling.")
         else:
+            out.append(f"- Overfitting (k of n seeds per cell): {k_of_n(pr, 'overfit')}.")
             out.append(f"- Overfitting in {len(of)} of {n_with} offline runs (held-out loss rose while the training-subset "
                        "loss fell), e.g. " + "; ".join(
                            f"{lab(r)}: held-out loss +{r['eval_loss_rise']:.3g} after step {r['min_eval_loss_step']:.0f}, "
@@ -156,8 +171,10 @@ def findings_diagnostics(diag: Diagnosis) -> list[str]:
 @register_section("findings", order=50)
 def section_findings(ctx: ReportContext) -> str:
     summary, wr, diag = ctx.summary, ctx.winrates, ctx.diagnosis
-    parts = ["## Findings", "", "Written automatically from the numbers above.", ""]
-    lines = findings_frontier(summary) + findings_winrates(wr) + findings_diagnostics(diag)
+    parts = ["## Findings", "", "Written automatically from the numbers above. A method is said to beat another only "
+             "where the 95% interval over seeds (training runs) of the difference excludes 0 (win rates: 0.5); each "
+             "statement gives its number of seeds n.", ""]
+    lines = findings_frontier(summary, ctx.ranking) + findings_winrates(wr) + findings_diagnostics(diag)
     n_fail = int((summary["status"] != "ok").sum())
     if n_fail:
         lines.append(f"- {n_fail} of {len(summary)} runs failed (see below).")

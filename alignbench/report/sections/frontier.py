@@ -11,8 +11,10 @@ import pandas as pd
 from ..core import ReportContext, register_section
 from ..render import fmt_value, method_palette, save_figure, theme
 from ..schema import frontier_csv, sym
+from ..seeds import seed_bootstrap
 
 FIGURE = "frontier.png"
+SYMLOG_LINTHRESH = 1.0  # the KL axis is linear on [0, 1] nats and logarithmic above: one far run no longer squeezes the rest
 
 
 def plot_frontier(out: Path, summary: pd.DataFrame) -> Path | None:
@@ -36,27 +38,29 @@ def plot_frontier(out: Path, summary: pd.DataFrame) -> Path | None:
             fr = fr[fr["kl"] <= kmax]
             ax.plot(fr["kl"], fr["reward"], color="black", lw=1.6, label="optimal frontier $\\pi^*_\\beta$", zorder=1)
         for method, g in df.groupby("method"):
-            g = g.groupby("sweep_value", as_index=False).agg(
-                kl=("kl", "mean"), reward=("reward", "mean"), n=("kl", "size"),
-                kl_sd=("kl", "std"), reward_sd=("reward", "std"), sweep_param=("sweep_param", "first"),
-                kl_se=("kl_se", "mean") if "kl_se" in g else ("kl", lambda s: np.nan),
-                reward_se=("reward_se", "mean") if "reward_se" in g else ("reward", lambda s: np.nan))
-            g = g.sort_values("kl")
-            xerr = g["kl_se"].where(g["kl_se"].notna(), g["kl_sd"] / np.sqrt(g["n"]))
-            yerr = g["reward_se"].where(g["reward_se"].notna(), g["reward_sd"] / np.sqrt(g["n"]))
-            has_err = bool(np.isfinite(xerr.astype(float)).any() or np.isfinite(yerr.astype(float)).any())
             color = palette[method]
-            ax.errorbar(g["kl"], g["reward"], xerr=xerr.fillna(0) if has_err else None,
-                        yerr=yerr.fillna(0) if has_err else None, fmt="o-", color=color, ms=5, lw=1.0,
+            # a faint dot per run (seed), the mean per sweep value, bars: 95% interval over seeds
+            ax.plot(g["kl"], g["reward"], "o", ms=3, color=color, alpha=0.25, zorder=2)
+            cells = []
+            for v, c in g.groupby("sweep_value"):
+                kl_m, kl_lo, kl_hi = seed_bootstrap(c["kl"].to_numpy(float))
+                rw_m, rw_lo, rw_hi = seed_bootstrap(c["reward"].to_numpy(float))
+                cells.append((kl_m, rw_m, kl_m - kl_lo, kl_hi - kl_m, rw_m - rw_lo, rw_hi - rw_m, v))
+            cells.sort()
+            a = np.array([c[:6] for c in cells], dtype=float)
+            has_err = bool(np.isfinite(a[:, 2:]).any())
+            ax.errorbar(a[:, 0], a[:, 1], xerr=np.nan_to_num(a[:, 2:4].T) if has_err else None,
+                        yerr=np.nan_to_num(a[:, 4:6].T) if has_err else None, fmt="o-", color=color, ms=5, lw=1.0,
                         alpha=0.9, capsize=2, label=method, zorder=3)
             axis = g["sweep_param"].iloc[0]
-            for _, r in g.iterrows():
-                ax.annotate(f"{sym(axis)}={fmt_value(r['sweep_value'])}", (r["kl"], r["reward"]), fontsize=6.5,
+            for c in cells:
+                ax.annotate(f"{sym(axis)}={fmt_value(c[6])}", (c[0], c[1]), fontsize=6.5,
                             color=color, xytext=(3, 3), textcoords="offset points")
         ax.set_title(f"{task}: reward vs KL")
-        ax.set_xlabel("KL(π ‖ π_ref)  [nats]")
-        ax.set_ylabel("gold reward (mean)")
-        ax.set_xlim(left=-0.02 * max(0.5, float(df["kl"].max())))
+        ax.set_xscale("symlog", linthresh=SYMLOG_LINTHRESH, linscale=1.0)
+        ax.set_xlabel(f"KL(π ‖ π_ref)  [nats; linear below {SYMLOG_LINTHRESH:g}, log above]")
+        ax.set_ylabel("gold reward (mean over seeds)")
+        ax.set_xlim(left=0.0)
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path = out / FIGURE
@@ -72,8 +76,12 @@ def section_frontier(ctx: ReportContext) -> str:
         parts.append("No completed run reported both KL and gold reward.\n")
     else:
         parts.append(f"![frontier]({fig.name})\n")
-        parts.append("Gold reward against KL(π‖π_ref) in nats, one colour per method, each point labelled by the "
-                     "value of its sweep axis (β, or N for best-of-N); seeds are averaged, bars are standard errors. "
-                     "The black line is the exact optimal frontier π*_β = π_ref exp(r/β)/Z where the task has one: "
-                     "no policy can lie above it.\n")
+        n = ctx.ok.groupby(["task", "method", "sweep_value"])["seed"].nunique()
+        seeds_txt = (f"{int(n.min())} seed{'s' if n.min() != 1 else ''} per point" if n.min() == n.max()
+                     else f"{int(n.min())}-{int(n.max())} seeds per point")
+        parts.append("Gold reward against KL(π‖π_ref) in nats, one colour per method, each point the mean over seeds of "
+                     "one value of its sweep axis (β, or N for best-of-N), with a faint dot per seed; bars are 95% "
+                     f"bootstrap intervals over seeds in both KL and reward ({seeds_txt}; no bars with a single seed). "
+                     "The KL axis is linear below 1 nat and logarithmic above. The black line is the exact optimal "
+                     "frontier π*_β = π_ref exp(r/β)/Z where the task has one: no policy can lie above it.\n")
     return "\n".join(parts)

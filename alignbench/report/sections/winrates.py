@@ -17,8 +17,10 @@ def section_winrates(ctx: ReportContext) -> str:
     parts = ["## Win rates", "",
              "Judged by the gold reward on the same prompts. Exact tasks: Bradley-Terry win probability "
              "Σ a(y) b(y') σ(r(y) − r(y')), computed exactly; sampled tasks: share of sample pairs with the higher "
-             "gold reward (ties ½). Intervals: 95% percentile bootstrap over prompts (2000 draws); on exact tasks the "
-             "point value is exact and the interval shows the spread over the task's prompts. All values are in "
+             "gold reward (ties ½). Values are means over seeds. Intervals: 95% percentile bootstrap over training "
+             "runs (2000 draws): seeds (seed pairs head to head) resampled, then prompts within each seed; a cell "
+             "with a single seed shows no interval, since prompts alone leave out the spread between training runs. "
+             "The number of seeds is in `winrates.csv` (`n_seeds`). All values are in "
              "`winrates.csv`.", ""]
     ref = wr[wr["table"] == "vs_ref"]
     parts.append("### Against the reference policy\n")

@@ -1,0 +1,84 @@
+"""The ranking of methods per task, with uncertainty over training runs (``ranking.csv``).
+
+For each task and method, every completed run is a point (KL, gold reward): all sweep values and every other
+swept field together, as the DPO paper drew its frontiers. Per seed, a method's frontier is the Pareto front
+of its runs (``seeds.front_curve``). Its **frontier score** is the mean of that curve over a common range of
+KL budgets: from the largest first Pareto KL to the smallest largest KL over every (method, seed) of the task,
+so that every method is scored only where each of its runs sets reaches (``seeds.common_range``). The score's
+interval resamples seeds; pairs of methods get the difference of their mean scores with its interval and the
+probability of improvement P(A > B) over seed pairs (Agarwal et al. 2021). **Stability** is the per-seed
+standard deviation of final reward and KL at each sweep value.
+
+Rows of ``ranking.csv`` (column ``table``): ``score`` (one per task and method), ``pairwise`` (both orders of
+every pair), ``stability`` (one per task, method and sweep value).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import seeds as S
+
+COLUMNS = ["table", "task", "method", "method_b", "sweep_param", "sweep_value", "n_seeds", "n_seeds_b", "score",
+           "ci_low", "ci_high", "prob_improvement", "kl_lo", "kl_hi", "reward_mean", "reward_sd", "kl_mean", "kl_sd",
+           "kl_is_bound"]
+
+
+def per_seed_points(ok: pd.DataFrame, task: str) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """method -> one (KL, reward) point set per seed (every completed run of that seed is a point)."""
+    t = ok[(ok["task"] == task)].dropna(subset=["kl", "reward"])
+    out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for (method, _), g in t.groupby(["method", "seed"], sort=True):
+        out.setdefault(str(method), []).append((g["kl"].to_numpy(float), g["reward"].to_numpy(float)))
+    return out
+
+
+def build_ranking(summary: pd.DataFrame) -> pd.DataFrame:
+    ok = summary[summary["status"] == "ok"]
+    rows: list[dict[str, Any]] = []
+    if ok.empty or "kl" not in ok or "reward" not in ok:
+        return pd.DataFrame(rows, columns=COLUMNS)
+    for task in sorted(ok["task"].astype(str).unique()):
+        pts = per_seed_points(ok, task)
+        lo, hi = S.common_range(pts)
+        scores = {m: [S.frontier_score(k, r, lo, hi) for k, r in sets] for m, sets in pts.items()}
+        t = ok[ok["task"] == task]
+        bound = {m: bool("kl_is_bound" in g and (pd.to_numeric(g["kl_is_bound"], errors="coerce") > 0.5).any())
+                 for m, g in t.groupby("method")}
+        for m, sc in sorted(scores.items()):
+            point, clo, chi = S.seed_bootstrap(sc)
+            rows.append({"table": "score", "task": task, "method": m, "n_seeds": len(sc), "score": point,
+                         "ci_low": clo, "ci_high": chi, "kl_lo": lo, "kl_hi": hi, "kl_is_bound": bound.get(m, False)})
+        names = sorted(scores)
+        for a in names:
+            for b in names:
+                if a == b:
+                    continue
+                p = S.pairwise(scores[a], scores[b])
+                rows.append({"table": "pairwise", "task": task, "method": a, "method_b": b, "n_seeds": p.n_a,
+                             "n_seeds_b": p.n_b, "score": p.diff, "ci_low": p.lo, "ci_high": p.hi,
+                             "prob_improvement": p.prob_improvement, "kl_lo": lo, "kl_hi": hi})
+        for (m, v), g in t.groupby(["method", "sweep_value"], sort=True):
+            rw, kl = pd.to_numeric(g["reward"], errors="coerce"), pd.to_numeric(g["kl"], errors="coerce")
+            rows.append({"table": "stability", "task": task, "method": m, "sweep_param": str(g["sweep_param"].iloc[0]),
+                         "sweep_value": float(v), "n_seeds": int(g["seed"].nunique()), "reward_mean": float(rw.mean()),
+                         "reward_sd": float(rw.std(ddof=1)) if len(g) > 1 else float("nan"),
+                         "kl_mean": float(kl.mean()), "kl_sd": float(kl.std(ddof=1)) if len(g) > 1 else float("nan")})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def verdict(row: pd.Series) -> str:
+    """A pairwise row in words: who leads, only where the interval over seeds excludes 0."""
+    n_a, n_b = int(row["n_seeds"]), int(row["n_seeds_b"])
+    n = f"{n_a} seed{'s' if n_a != 1 else ''}" if n_a == n_b else f"{n_a} and {n_b} seeds"
+    lo, hi = row["ci_low"], row["ci_high"]
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"no interval over seeds with {n}"
+    if lo > 0:
+        return f"{row['method']} ahead ({n})"
+    if hi < 0:
+        return f"{row['method_b']} ahead ({n})"
+    return f"not distinguishable with {n}"
