@@ -360,11 +360,11 @@ def table(results: dict[str, Any]) -> str:
                     r["fraction_of_cpu"] <= GOAL_SWEEP_FRACTION if results["mode"] == "gpu" else None)
             for col in r.get("compare", {}).get("columns", [])[:5]:
                 row("b", f"summary vs CPU: {col['column']} (largest relative difference)",
-                    f"{col['max_rel']:.1e} (abs {col['max_abs']:.1e}; {col['at']})", "float order only")
+                    f"{col['max_rel']:.1e} (abs {col['max_abs']:.1e}; {col['at']})", "(informative: float order, sampling)")
         elif p == "c":
             for name, x in r.get("loops", {}).items():
                 mem = f", peak {x['peak_gib']:.2f} GiB" if x.get("peak_gib") is not None else ""
-                row("c", f"{name} ({r['params'] / 1e6:.0f}M params, {r['seq_tokens'][0]}-{r['seq_tokens'][1]} "
+                row("c", f"{name} ({r['params'] / 1e6:.1f}M params, {r['seq_tokens'][0]}-{r['seq_tokens'][1]} "
                     f"tokens/sequence){tag}", f"{x['ms_per_step']:.1f} ms/step, {x['tokens_per_s']:,.0f} tokens/s{mem}")
             if "bf16_speedup" in r:
                 gpu = results["mode"] == "gpu"
