@@ -85,7 +85,13 @@ def part_a(work: Path, dry: bool, budget: float, save: Callable[[dict], None]) -
            f"--junitxml={xml}"]
     log("a", " ".join(cmd[2:]))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(budget - 5, 10))
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(budget - 5, 10))
+    except subprocess.TimeoutExpired as e:  # pytest writes its junit XML only at the end: keep its output
+        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        print(out[-4000:], flush=True)
+        return {"returncode": None, "timed_out": True, "wall_s": time.perf_counter() - t0, "tests": [],
+                "counts": {"passed": 0, "failure": 0, "error": 1, "skipped": 0}, "output_tail": out[-2000:]}
     wall = time.perf_counter() - t0
     print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n", flush=True)
     tests = []
