@@ -6,7 +6,8 @@
 # `pip install --no-deps`, then alignbench itself (`pip install --no-deps -e .`; if that cannot build offline, the
 # tree runs from PYTHONPATH), then benchmarks/gpu_check.py, which writes OUT_DIR/gpu_check.json, gpu_check.md,
 # summary_exact_gpu.csv; this script adds gpu_check.log. The whole check stays under --total-s (default 465 s,
-# counted from here, the install included). --dry-run: every part at toy size on the CPU, nothing installed.
+# counted from here, the install included). --dry-run: every part at toy size on the CPU, nothing installed; without
+# --dry-run it refuses (exit 2, nothing installed) unless $PYTHON sees a CUDA device.
 set -uo pipefail
 started=$(date +%s)
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [--dry-run] [--skip PARTS] [--total-s SECONDS]}
@@ -16,6 +17,11 @@ PY=${PYTHON:-python3}
 mkdir -p "$out"
 dry=0
 for a in "$@"; do [ "$a" = "--dry-run" ] && dry=1; done
+if [ "$dry" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  # never install into a CPU machine's environment (that would repoint its editable alignbench at this tree)
+  echo "gpu_check.sh: error: $PY sees no CUDA device; nothing installed (use --dry-run for the CPU run)" >&2
+  exit 2
+fi
 if [ "$dry" = 0 ]; then
   if compgen -G "wheels/*.whl" >/dev/null; then
     echo "gpu_check.sh: installing $(ls wheels/*.whl | wc -l) wheels from wheels/"
