@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--train-arg", action="append", metavar="FIELD=VALUE", help="training config field (repeatable)")
     sw.add_argument("--report-to", help="comma-separated trackers: tensorboard, wandb (default: none)")
     sw.add_argument("--plugins", help="extra plugin files or folders (comma-separated)")
-    sw.add_argument("--workers", help="parallel worker processes (one run per GPU, or CPU workers); default 1")
+    sw.add_argument("--workers", help="parallel worker processes (up to --runs-per-gpu per GPU, or CPU workers); default 1")
+    sw.add_argument("--runs-per-gpu", help="local workers placed on each GPU (round-robin); default 1")
     sw.add_argument("--executor", help="local (default) or ray")
     sw.add_argument("--ray-address", help="Ray cluster address for --executor ray (default: a local Ray instance)")
     sw.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -125,7 +126,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         "seeds": _numbers(args.seeds, "--seeds"), "steps": args.steps, "out": args.out, "device": args.device,
         "cache_dir": args.cache_dir or os.environ.get("ALIGNBENCH_CACHE"),
         "report_to": _csv(args.report_to), "plugins": _csv(args.plugins),
-        "workers": args.workers, "executor": args.executor, "ray_address": args.ray_address,
+        "workers": args.workers, "runs_per_gpu": args.runs_per_gpu, "executor": args.executor, "ray_address": args.ray_address,
     }
     if args.grid:
         overrides["grid"] = _grid(args.grid)

@@ -45,7 +45,12 @@ class SweepConfig:
     report_to: tuple[str, ...] = param((), "experiment trackers: tensorboard, wandb (off by default)")
     plugins: tuple[str, ...] = param((), "extra plugin files or folders holding methods or tasks")
     progress: bool = param(True, "show progress bars")
-    workers: int = param(1, "parallel worker processes: one run per GPU at a time, or CPU workers sharing the cores")
+    workers: int = param(1, "parallel worker processes: up to runs_per_gpu runs per GPU at a time, or CPU workers "
+                            "sharing the cores")
+    runs_per_gpu: int = param(1, "local workers placed on each GPU (N GPUs run up to N * runs_per_gpu workers, "
+                                 "pinned round-robin); Ray: each run asks for 1/runs_per_gpu of a GPU. 1 until "
+                                 "measured: a GPU timing of 1, 4 and 16 is owed (benchmarks/gpu_check.sh, "
+                                 "docs/performance.md)")
     executor: str = param("local", "local (this machine) or ray (one task per run on a Ray cluster; alignbench[ray])")
     ray_address: str = param("", "Ray cluster address for executor=ray ('' starts a local Ray instance)")
 
@@ -68,6 +73,7 @@ class SweepConfig:
         if out.is_dir() and not os.access(out, os.R_OK | os.W_OK | os.X_OK):
             raise ConfigError("out", f"{out} is not readable and writable")
         check_int("workers", self.workers, 1)
+        check_int("runs_per_gpu", self.runs_per_gpu, 1)
         check_choice("executor", self.executor, ("local", "ray"))
         for r in self.report_to:
             check_choice("report_to", r, ("tensorboard", "wandb"))
@@ -237,8 +243,19 @@ def run_one(cfg_data: dict[str, Any], run_id: str) -> dict[str, Any] | None:
 _THREADS_SET = False
 
 
+def gpu_slots(workers: int, n_gpu: int, runs_per_gpu: int) -> list[int]:
+    """The GPU of each local worker (index = worker): round-robin over ``n_gpu`` GPUs, ``runs_per_gpu`` per GPU.
+
+    The pool has ``min(workers, n_gpu * runs_per_gpu)`` workers; worker i runs on GPU ``i % n_gpu``, so every GPU
+    holds at most ``runs_per_gpu`` of them and the GPUs fill evenly. No GPU: an empty list (CPU workers).
+    """
+    if n_gpu <= 0:
+        return []
+    return [i % n_gpu for i in range(min(workers, n_gpu * runs_per_gpu))]
+
+
 def _init_worker(gpu_queue: Any, threads: int) -> None:
-    """Pin a worker process to one GPU (one run per GPU at a time) or to its share of the CPU cores."""
+    """Pin a worker process to one GPU (its slot from ``gpu_slots``) or to its share of the CPU cores."""
     import torch
 
     global _THREADS_SET
@@ -261,7 +278,7 @@ def _execute_pending(cfg: SweepConfig, the_plan: Plan, pending: list[RunSpec]) -
 
         if not ray.is_initialized():
             ray.init(address=cfg.ray_address or None, include_dashboard=False, log_to_driver=False)
-        gpus = 1 if (cfg.device != "cpu" and torch.cuda.is_available()) else 0
+        gpus = 1 / cfg.runs_per_gpu if (cfg.device != "cpu" and torch.cuda.is_available()) else 0
         task = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=2)(run_one)
         return dict(zip(ids, ray.get([task.remote(cfg_data, i) for i in ids])))
     if cfg.workers > 1:
@@ -271,12 +288,12 @@ def _execute_pending(cfg: SweepConfig, the_plan: Plan, pending: list[RunSpec]) -
         import torch
 
         ctx = mp.get_context("spawn")
-        n_gpu = torch.cuda.device_count() if cfg.device != "cpu" else 0
-        workers = min(cfg.workers, n_gpu) if n_gpu else cfg.workers
+        slots = gpu_slots(cfg.workers, torch.cuda.device_count() if cfg.device != "cpu" else 0, cfg.runs_per_gpu)
+        workers = len(slots) or cfg.workers
         queue = None
-        if n_gpu:
+        if slots:
             queue = ctx.Queue()
-            for g in range(workers):
+            for g in slots:
                 queue.put(g)
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, threads)) as pool:

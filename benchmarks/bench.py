@@ -96,6 +96,8 @@ class Sizes:
     n_embd: int = 64
     n_head: int = 4
     words: int = 256  # word-level vocabulary of the synthetic data
+    vocab_size: int | None = None  # the synthetic policy's vocabulary; None: the tokenizer's (gpu_check: GPT-2's 50257)
+    n_positions: int | None = None  # the synthetic policy's context; None: the longest sequence (gpu_check: 1024)
     prompt_words: tuple[int, int] = (4, 12)  # inclusive range of prompt lengths (words = tokens)
     completion_words: tuple[int, int] = (4, 16)
     lr: float = 1e-3
@@ -194,14 +196,14 @@ def synthetic_preferences(n: int, sizes: Sizes, seed: int):
     return Dataset.from_dict(rows)
 
 
-def exact_env(sizes: Sizes, cache: Path):
+def exact_env(sizes: Sizes, cache: Path, device: torch.device = torch.device("cpu")):
     """The exact task (its default config, or ``sizes.sweep_task_args``), built or loaded from ``cache``."""
     from alignbench.config import from_mapping
     from alignbench.registry import get_task
 
     task_cls = get_task("exact")
     task = task_cls(from_mapping(task_cls.config_cls, dict(sizes.sweep_task_args)))
-    return task.setup(cache, torch.device("cpu"))
+    return task.setup(cache, device)
 
 
 def make_bench_env(sizes: Sizes, data: str = "synthetic", tmp: Path | None = None):
@@ -221,7 +223,8 @@ def make_bench_env(sizes: Sizes, data: str = "synthetic", tmp: Path | None = Non
     if data == "synthetic":
         tok = build_word_tokenizer([f"w{i}" for i in range(sizes.words)])
         max_len = sizes.prompt_words[1] + sizes.completion_words[1]
-        reference = freeze(tiny_gpt2(len(tok), n_positions=max_len, n_layer=sizes.n_layer, n_embd=sizes.n_embd,
+        reference = freeze(tiny_gpt2(sizes.vocab_size or len(tok), n_positions=sizes.n_positions or max_len,
+                                     n_layer=sizes.n_layer, n_embd=sizes.n_embd,
                                      n_head=sizes.n_head, pad_token_id=tok.pad_token_id,
                                      eos_token_id=tok.eos_token_id, seed=sizes.seed))
         prefs = {"train": synthetic_preferences(sizes.pairs, sizes, sizes.seed),
@@ -295,7 +298,7 @@ class LoopResult:
         return 1000 * statistics.median(self.step_s[warmup:])
 
 
-def make_timed_context(env, method, train, tmp: Path, seed: int):
+def make_timed_context(env, method, train, tmp: Path, seed: int, device: torch.device = torch.device("cpu")):
     """A RunContext whose progress bar is a StepClock and whose check_finite records the loss of each step."""
     from alignbench.runner import MetricsLogger, RunContext, RunSpec
 
@@ -311,21 +314,21 @@ def make_timed_context(env, method, train, tmp: Path, seed: int):
     spec = RunSpec(task=env.task_name, method=method.name, seed=seed, method_config=method.config,
                    task_config=None, train=train, run_id="bench")
     run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="run-"))
-    ctx = TimedContext(spec=spec, run_dir=run_dir, env=env, method=method, device=torch.device("cpu"),
+    ctx = TimedContext(spec=spec, run_dir=run_dir, env=env, method=method, device=device,
                        cache_dir=tmp / "cache", logger=MetricsLogger(run_dir / "metrics.jsonl"), show_progress=False)
     ctx.clock = StepClock()
     ctx.losses = []
     return ctx
 
 
-def train_config(sizes: Sizes, share_prompt: bool = True):
+def train_config(sizes: Sizes, share_prompt: bool = True, precision: str = "fp32"):
     from alignbench.config import TrainConfig
 
     # warmup 0 (constant lr, as in the other loops); max_grad_norm so large that clipping multiplies by exactly 1
     # (the norm is still computed: it is part of alignbench's step); evaluation only at step 0 and at the end.
     return TrainConfig(steps=sizes.steps, batch_size=sizes.batch_size, lr=sizes.lr, warmup_steps=0,
                        weight_decay=0.0, max_grad_norm=1e9, eval_every=sizes.steps, checkpoint_every=0,
-                       share_prompt=share_prompt)
+                       share_prompt=share_prompt, precision=precision)
 
 
 def dpo_method(beta: float):
@@ -343,7 +346,8 @@ def fresh_policy(env) -> torch.nn.Module:
     return policy
 
 
-def run_alignbench(env, sizes: Sizes, tmp: Path, *, share_prompt: bool = True) -> LoopResult:
+def run_alignbench(env, sizes: Sizes, tmp: Path, *, share_prompt: bool = True, precision: str = "fp32",
+                   device: torch.device = torch.device("cpu")) -> LoopResult:
     """The real train_offline, timed per step through its progress-bar hook.
 
     ``share_prompt=False``: the plain loop's layout (chosen and rejected concatenated on the batch axis).
@@ -353,7 +357,7 @@ def run_alignbench(env, sizes: Sizes, tmp: Path, *, share_prompt: bool = True) -
     from alignbench.trainer import train_offline
 
     method = dpo_method(sizes.beta)
-    ctx = make_timed_context(env, method, train_config(sizes, share_prompt), tmp, sizes.seed)
+    ctx = make_timed_context(env, method, train_config(sizes, share_prompt, precision), tmp, sizes.seed, device)
     seed_everything(sizes.seed)
     t0 = time.perf_counter()
     train_offline(method, ctx)
@@ -365,14 +369,15 @@ def run_alignbench(env, sizes: Sizes, tmp: Path, *, share_prompt: bool = True) -
                              "packed_share": float(ctx.logger.rows[-1].get("train/packed", 0.0))})
 
 
-def alignbench_batches(env, sizes: Sizes, tmp: Path):
+def alignbench_batches(env, sizes: Sizes, tmp: Path, device: torch.device = torch.device("cpu")):
     """The batches train_offline sees, in its order, as the tensors its one concatenated forward gets.
 
-    Returns (train PreparedSplit, [(idx, input_ids, attention_mask, completion_mask, ref_chosen, ref_rejected)]).
+    Returns (train PreparedSplit, [(idx, input_ids, attention_mask, completion_mask, ref_chosen, ref_rejected)]), on the
+    CPU; ``device`` computes the reference log-probs.
     """
     from alignbench.trainer import BatchStream, prepare
 
-    train = prepare(env, "paired", "train", tmp / "cache", torch.device("cpu"))
+    train = prepare(env, "paired", "train", tmp / "cache", device)
     stream = BatchStream(len(train), sizes.batch_size, sizes.seed)
     out = []
     for _ in range(sizes.steps):
@@ -474,11 +479,13 @@ def stock_kernels(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def run_trl(env, dataset, sizes: Sizes, tmp: Path, *, gradient_checkpointing: bool = False,
-            stock: bool = False) -> LoopResult:
+            stock: bool = False, bf16: bool = False, device: torch.device = torch.device("cpu")) -> LoopResult:
     """TRL 1.16 DPOTrainer on pre-tokenized rows with precomputed reference log-probs, sequential sampler.
 
     ``stock``: the policy with transformers' default GELU module (gelu_new) instead of alignbench's fused one,
     i.e. the model as a TRL user loads the same checkpoint (for information; the goal compares the same module).
+    ``bf16``: TRL's mixed precision (``DPOConfig(bf16=True)``); on CUDA each step ends with a synchronisation, as
+    alignbench's does (its per-step ``.item()``).
     """
     from alignbench.optim import make_optimizer
     import warnings
@@ -512,6 +519,8 @@ def run_trl(env, dataset, sizes: Sizes, tmp: Path, *, gradient_checkpointing: bo
             self.marks.append(time.perf_counter())
 
         def on_step_end(self, args, state, control, **kw):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             self.marks.append(time.perf_counter())
 
     torch.manual_seed(sizes.seed)
@@ -525,7 +534,7 @@ def run_trl(env, dataset, sizes: Sizes, tmp: Path, *, gradient_checkpointing: bo
         # alignbench's batch order (sequential sampler over rows already in that order), logging only after the
         # last step, no checkpoints, no evaluation; activation (gradient) checkpointing off unless asked for
         args = trl.DPOConfig(
-            output_dir=out_dir, report_to=[], bf16=False, use_cpu=True, seed=sizes.seed,
+            output_dir=out_dir, report_to=[], bf16=bf16, use_cpu=device.type == "cpu", seed=sizes.seed,
             beta=sizes.beta, loss_type=["sigmoid"], precompute_ref_log_probs=True,
             per_device_train_batch_size=sizes.batch_size, max_steps=sizes.steps, learning_rate=sizes.lr,
             max_grad_norm=1e9, train_sampling_strategy="sequential", activation_checkpointing=gradient_checkpointing,
@@ -788,7 +797,8 @@ def fmt_parts(parts: dict[str, float]) -> str:
 # ------------------------------------------------------------------------------------------ PPO
 
 
-def bench_ppo(sizes: Sizes, tmp: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def bench_ppo(sizes: Sizes, tmp: Path, log: Callable[[str], None] = print,
+              device: torch.device = torch.device("cpu")) -> dict[str, Any]:
     """PPO iterations on the exact task: generation time (wrapped sample) vs the whole iteration."""
     import methods.ppo as ppo_mod
     from alignbench.config import from_mapping
@@ -797,11 +807,11 @@ def bench_ppo(sizes: Sizes, tmp: Path, log: Callable[[str], None] = print) -> di
 
     task_cls = get_task("exact")
     task = task_cls(from_mapping(task_cls.config_cls, dict(sizes.sweep_task_args)))
-    env = exact_env(sizes, tmp / "exact-cache")  # the same cache as the exact workload of the step comparisons
+    env = exact_env(sizes, tmp / "exact-cache", device)  # the same cache as the exact workload of the step comparisons
     method_cls = get_method(sizes.ppo_method)
     method = method_cls(method_cls.config_cls(iterations=sizes.ppo_iterations))
     train = task.train_config({"eval_every": sizes.ppo_iterations, "checkpoint_every": 0})
-    ctx = make_timed_context(env, method, train, tmp, 0)
+    ctx = make_timed_context(env, method, train, tmp, 0, device)
     if method.needs_reward_model:
         ctx.reward_model()  # trained (or loaded) before the timed iterations, as a sweep shares it
     calls: list[tuple[float, float, int]] = []  # (start time, seconds, completion tokens) of each sample() call

@@ -75,3 +75,71 @@ def test_online_methods_are_refused_in_a_data_parallel_launch(tmp_path, cache_di
     assert main(sweep_args(tmp_path / "x", cache_dir, methods="ppo", betas="0.1")) == 2
     assert "'ppo' is online" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------------ runs per GPU
+
+
+def test_gpu_slots_place_workers_round_robin():
+    from alignbench.sweep import gpu_slots
+
+    assert gpu_slots(16, 1, 16) == [0] * 16  # one GPU shared by 16 runs
+    assert gpu_slots(16, 1, 4) == [0] * 4  # the pool is capped at n_gpu * runs_per_gpu
+    assert gpu_slots(4, 1, 1) == [0]  # the default: one run per GPU at a time
+    assert gpu_slots(5, 2, 2) == [0, 1, 0, 1]
+    assert gpu_slots(3, 2, 4) == [0, 1, 0]  # fewer workers than slots: the GPUs fill evenly
+    assert gpu_slots(8, 0, 4) == []  # no GPU: CPU workers
+    slots = gpu_slots(100, 3, 5)
+    assert len(slots) == 15 and all(slots.count(g) == 5 for g in range(3))
+
+
+def test_local_pool_is_sized_and_pinned_by_runs_per_gpu(tmp_path, monkeypatch):
+    """The worker pool with 2 (pretend) GPUs: min(workers, 2 * runs_per_gpu) processes, each taking one GPU id."""
+    import concurrent.futures
+    import os
+
+    import torch
+
+    from alignbench import sweep
+
+    seen = {}
+
+    class FakePool:
+        def __init__(self, workers, mp_context=None, initializer=None, initargs=()):
+            seen["workers"], seen["initializer"] = workers, initializer
+            queue, seen["threads"] = initargs
+            seen["gpus"] = sorted(queue.get(timeout=5) for _ in range(workers))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, fn, *iterables):
+            return [None for _ in zip(*iterables)]
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", FakePool)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = sweep.SweepConfig(workers=8, runs_per_gpu=3, out=str(tmp_path / "x"))
+    specs = [sweep.RunSpec(task="exact", method="dpo", seed=0, method_config=None, task_config=None, train=None,
+                           run_id=f"r{i}") for i in range(3)]
+    assert sweep._execute_pending(cfg, None, specs) == {"r0": None, "r1": None, "r2": None}
+    assert seen["workers"] == 6 and seen["gpus"] == [0, 0, 0, 1, 1, 1]
+    assert seen["threads"] == max(1, (os.cpu_count() or 1) // 6) and seen["initializer"] is sweep._init_worker
+
+
+def test_bad_runs_per_gpu(tmp_path, cache_dir, capsys):
+    for bad in ("0", "-1", "1.5"):
+        assert main(sweep_args(tmp_path / "x", cache_dir, extra=["--runs-per-gpu", bad])) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("alignbench: error: runs_per_gpu: "), err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")
+def test_device_cuda_without_a_gpu_is_a_one_line_error(tmp_path, cache_dir, capsys):
+    assert main(sweep_args(tmp_path / "x", cache_dir, extra=["--device", "cuda"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "alignbench: error: device: 'cuda' requested but CUDA is not available (use --device cpu)"
+    assert not (tmp_path / "x").exists()
