@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import diagnostics as D
 from ..core import ReportContext, register_section
 from ..diagnosis import Diagnosis
 from ..render import md_table, num
@@ -72,11 +73,15 @@ def section_per_run_table(per_run: pd.DataFrame) -> str:
     col("log-ratio chosen", "final_logratio_chosen", lambda v: num(v, ".2f"))
     col("log-ratio rejected", "final_logratio_rejected", lambda v: num(v, ".2f"))
     col("KL growth, last third", "kl_rel_growth_last_third", lambda v: "" if not np.isfinite(v) else f"{100 * v:+.0f}%")
+    col("still moving", "converged", lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
+        else ("no" if bool(v) else "**yes**"))
     parts.append("Peak step: the evaluation step of highest gold reward. Overoptimized: gold reward fell after its peak "
                  "by more than 2 standard errors (and 5% of its gain) while the proxy (reward-model reward for PPO, "
                  "held-out implicit reward margin for offline methods) kept rising. Overfit: held-out preference loss "
                  "rose above its minimum (by 5% of its improvement) while the training-subset loss kept falling. "
-                 "Log-ratios: final mean log π/π_ref [nats] on held-out pairs.\n")
+                 "Log-ratios: final mean log π/π_ref [nats] on held-out pairs. Still moving: gold reward or KL changed "
+                 f"by more than {100 * D.CONVERGED_TOL:.0f}% (and 0.02 absolute) between the last two evaluations: the "
+                 "run was cut short, so its final point understates where the method would settle.\n")
     parts.append(md_table(table.fillna("")))
     return "\n".join(parts)
 

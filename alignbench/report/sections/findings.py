@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .. import diagnostics as D
 from ..core import ReportContext, register_section
 from ..diagnosis import Diagnosis
 from ..schema import sym
@@ -162,6 +163,17 @@ def findings_diagnostics(diag: Diagnosis) -> list[str]:
                            f"{w['final_logratio_chosen']:.2f}, rejected {w['final_logratio_rejected']:.2f} nats"
                            + (f", below 0 from step {w['first_step_chosen_below_ref']:.0f}"
                               if np.isfinite(w["first_step_chosen_below_ref"]) else "") + ".")
+    if "converged" in pr and pr["converged"].notna().any():
+        moving = pr.dropna(subset=["converged"])
+        moving = moving.assign(still_moving=~moving["converged"].astype(bool))
+        n_mv, n_all = int(moving["still_moving"].sum()), len(moving)
+        if n_mv:
+            out.append(f"- Still moving at the end (gold reward or KL changed by more than "
+                       f"{100 * D.CONVERGED_TOL:.0f}% over the last evaluation window) in {n_mv} of {n_all} runs: "
+                       f"{k_of_n(moving, 'still_moving')}. Their final points may understate these methods.")
+        else:
+            out.append(f"- All {n_all} runs with several evaluations had stopped moving at the end (gold reward and KL "
+                       f"within {100 * D.CONVERGED_TOL:.0f}% over the last evaluation window).")
     if "kl_bounded" in pr and pr["kl_bounded"].notna().any():
         out.append("- KL over the last third of training:")
         out.append("  " + kl_bounded_statement(pr).replace("\n", "\n  "))
