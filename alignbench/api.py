@@ -239,3 +239,28 @@ class Task(ABC):
         from .config import from_mapping
 
         return from_mapping(TrainConfig, {**self.train_defaults, **(overrides or {})}, where="train")
+
+
+# ============================================================== offline family declarations (issue 17)
+# Added as one block at the end of the file while api.py is being refactored; they belong in the class bodies
+# of Method / OfflineMethod above. Every method inherits these defaults; the harness reads them, never a name.
+
+
+def _no_state(self: Method) -> dict[str, Any]:
+    """Running state of the method itself (e.g. BCO's reward shift), saved in checkpoints; {} = stateless."""
+    return {}
+
+
+def _load_no_state(self: Method, state: dict[str, Any]) -> None:
+    """Restore what :meth:`state_dict` returned (called on resume, only for methods with a state)."""
+
+
+# True where the config's ``beta`` is the KL coefficient of max E[r] - beta KL(pi || pi_ref) that the method
+# optimises (DPO, IPO, KTO, PPO, ...): the sweep's ``betas`` apply to it, summary.csv's ``beta`` column shows it and
+# exact tasks measure KL to pi*_beta. False where ``beta`` is only a scale (SimPO), or where there is no beta.
+Method.beta_is_kl_coef = True  # type: ignore[attr-defined]
+Method.state_dict = _no_state  # type: ignore[attr-defined]
+Method.load_state_dict = _load_no_state  # type: ignore[attr-defined]
+# completion columns of the data format that the method never reads (not forwarded through the policy),
+# e.g. BCO on unpaired data ignores KTO's mismatched "kl_completion" rows
+OfflineMethod.unused_columns = ()  # type: ignore[attr-defined]
