@@ -31,7 +31,8 @@ class SweepConfig:
 
     tasks: tuple[str, ...] = param(("exact",), "tasks to run (see `alignbench list`)")
     methods: tuple[str, ...] = param((), "methods to run; empty = the task's default set")
-    betas: tuple[float, ...] = param((), "beta grid for every method swept on a KL beta (beta_is_kl_coef); empty = each method's own grid")
+    betas: tuple[float, ...] = param(
+        (), "beta grid for every method swept on a KL beta (beta_is_kl_coef); empty = each method's own grid")
     grid: dict[str, Any] = param({}, "per-method grid override, e.g. {bon: [1, 4, 16]} (the method's sweep axis)")
     seeds: tuple[int, ...] = param((0,), "random seeds; each cell of the grid runs once per seed")
     steps: int | None = param(None, "optimizer steps per run; default: the task's")

@@ -76,7 +76,7 @@ class RunningMean:
 class BCO(OfflineMethod):
     """BCO on unpaired rows: a binary classifier whose logit is the implicit reward, shifted by a running mean."""
 
-    description = "Binary Classifier Optimization: -log sigma(+-(beta log pi/pi_ref - delta)), delta a running reward mean"
+    description = "Binary Classifier Optimization: -log sigma(+-(beta log pi/pi_ref - delta)), delta a running mean"
     config_cls = BCOConfig
     data_format = "unpaired"
     unused_columns = ("kl_completion",)  # the unpaired format's mismatched rows are KTO's, not BCO's

@@ -1,7 +1,7 @@
 """Robust DPO: DPO unbiased under label flips (Chowdhury et al. 2024, "Provably Robust DPO", arXiv 2403.00409).
 
 If each preference label is flipped with a known probability eps < 1/2, the DPO loss l(beta h) = -log sigma(beta h)
-(h = the log-ratio margin, DPO Eq. 7) is biased. Robust DPO (the rDPO paper's de-biased loss; TRL's ``robust``) de-biases it:
+(h = the log-ratio margin, DPO Eq. 7) is biased. Robust DPO (the rDPO paper's loss; TRL's ``robust``) de-biases it:
 
     L = [(1 - eps) l(beta h) - eps l(-beta h)] / (1 - 2 eps),
 
@@ -27,7 +27,7 @@ from alignbench.registry import register_method
 @dataclass(frozen=True)
 class RDPOConfig(MethodConfig):
     beta: float = param(0.1, "KL strength beta (as in DPO; TRL's default 0.1)")
-    epsilon: float = param(0.1, "assumed label-flip rate eps in [0, 0.5) (0 = DPO); 0.1 assumes one label in ten flipped")
+    epsilon: float = param(0.1, "assumed label-flip rate eps in [0, 0.5) (0 = DPO); 0.1: one label in ten flipped")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -73,7 +73,8 @@ def simpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, chosen_lengths: T
 class SimPO(OfflineMethod):
     """SimPO: reference-free, length-normalised rewards with a target margin gamma."""
 
-    description = "Simple Preference Optimization: -log sigma(beta (mean log pi(y_w) - mean log pi(y_l)) - gamma), no reference"
+    description = ("Simple Preference Optimization: -log sigma(beta (mean log pi(y_w) - mean log pi(y_l)) - gamma), "
+                   "no reference")
     config_cls = SimPOConfig
     data_format = "paired"
     needs_reference = False
@@ -82,7 +83,9 @@ class SimPO(OfflineMethod):
     # once it is reached. Adam normalises the gradient scale, so a small beta (0.3: the sigmoid is still linear at
     # margins of several nats per token) keeps pushing like DPO at small beta, and a large beta (10-30) stops just
     # past the target. On the embedded tasks' short completions (4 tokens on exact, <= 16 on sentiment) the target
-    # is 2-9 nats per sequence; the grid spans low to high KL on the exact task (measured: see README Methods).
+    # is 2-9 nats per sequence. Measured on the exact task (300 steps): KL 6.9, 5.2, 4.3, 3.8, 3.8 nats along the grid;
+    # 0.1 gives 6.9 again. With gamma/beta fixed and no reference the KL saturates at both ends: SimPO does not reach
+    # the small KLs of DPO at large beta (0.6 nats at beta 3) with this gamma/beta and step budget.
     default_grid = (0.3, 1.0, 2.5, 10.0, 30.0)
 
     def compute_loss(self, batch: LogpBatch) -> LossOutput:

@@ -69,7 +69,7 @@ def slic_losses(policy_chosen: Tensor, policy_rejected: Tensor, delta: float, la
 class SLiC(OfflineMethod):
     """SLiC-HF: hinge on the log-likelihood margin plus lambda NLL(y_w); optionally TRL's reference hinge."""
 
-    description = "SLiC-HF: max(0, delta - log pi(y_w) + log pi(y_l)) + lambda NLL(y_w); form=hinge: TRL's hinge"
+    description = "SLiC-HF: max(0, delta - log pi(y_w) + log pi(y_l)) + lambda NLL(y_w); form=hinge: TRL hinge"
     config_cls = SLiCConfig  # type: ignore[assignment]  (no beta: swept over delta)
     data_format = "paired"
     needs_reference = False  # the default form; an instance with form "hinge" declares True (see __init__)
@@ -78,7 +78,9 @@ class SLiC(OfflineMethod):
     # delta is the log-likelihood margin (nats per sequence) past which a pair stops pushing. Pairs of the embedded
     # tasks are two samples of one reference, whose margins spread over a few nats (4 tokens on exact, <= 16 on
     # sentiment): delta = 0.3 leaves most pairs nearly untouched, delta = 30 pushes every pair far past the reward's
-    # spread. 1 (RSO's margin) in the middle.
+    # spread. 1 (RSO's margin) in the middle. Measured on the exact task (300 steps): KL 2.4, 2.2, 2.4, 3.4, 4.0 nats and
+    # gold reward 0.23, 0.46, 0.78, 1.15, 1.15 along the grid; the KL floor of ~2 nats is the lambda NLL(y_w) term
+    # (SFT towards the chosen samples), which a smaller lambda lowers.
     default_grid = (0.3, 1.0, 3.0, 10.0, 30.0)
 
     def __init__(self, config: SLiCConfig):  # type: ignore[override]

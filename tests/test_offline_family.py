@@ -101,8 +101,9 @@ def test_nca_hand_numbers_and_symmetry():
     assert not torch.allclose(shifted, nca_losses(pc, pr, rc, rr, 0.5))
     # symmetric in the sign of the rejected reward around 0 only through l(-x) - l(x) = x:
     x = 0.7
-    diff = nca_losses(t(-1.0), t(-1.0 + x / 0.5), t(-1.0), t(-1.0), 0.5) - nca_losses(t(-1.0), t(-1.0 - x / 0.5), t(-1.0),
-                                                                                    t(-1.0), 0.5)
+    up = nca_losses(t(-1.0), t(-1.0 + x / 0.5), t(-1.0), t(-1.0), 0.5)  # beta r_l = +x
+    down = nca_losses(t(-1.0), t(-1.0 - x / 0.5), t(-1.0), t(-1.0), 0.5)  # beta r_l = -x
+    diff = up - down
     assert diff.item() == pytest.approx(0.5 * x)  # 1/2 [l(-x) - l(x)] = x / 2
 
 
@@ -274,7 +275,8 @@ def test_bco_resumes_after_sigkill_with_its_running_shift(tmp_path, cache_dir, m
               "runner.RunContext.save_checkpoint = save_then_die\n"
               "sys.exit(main(sys.argv[1:]))\n")
     root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "ALIGNBENCH_QUIET": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "ALIGNBENCH_QUIET": "1", "PYTHONPATH": path}
     args = sweep_args(killed, cache_dir, methods="bco", betas="0.3", extra=extra)
     proc = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=root, timeout=300,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -298,3 +300,19 @@ def test_bco_resumes_after_sigkill_with_its_running_shift(tmp_path, cache_dir, m
     pd.testing.assert_frame_equal(comparable(killed / "summary.csv"), comparable(clean / "summary.csv"))
     rows = [json.loads(x) for x in next((killed / "runs").glob("*/metrics.jsonl")).read_text().splitlines()]
     assert rows[-1]["step"] == TINY_TRAIN["steps"]
+
+
+def test_readme_add_a_method_example_runs_verbatim_and_reports_margin(tmp_path, cache_dir):
+    """README's "Add a method" example, copied as it stands into a plugin file, runs through the sweep and logs the
+    paired-loss helper's diagnostics."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Add a method"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("\n```\n")]
+    plugin = tmp_path / "hinge_example.py"
+    plugin.write_text(code)
+    out = tmp_path / "out"
+    assert main(sweep_args(out, cache_dir, methods="hinge", betas="0.5", extra=["--plugins", str(plugin)])) == 0
+    (m,) = metrics(out).values()
+    last = m[-1]
+    assert {"train/margin", "train/accuracy", "train/logratio_chosen"} <= set(last)
+    assert math.isfinite(last["train/margin"]) and 0 <= last["train/accuracy"] <= 1
