@@ -208,31 +208,40 @@ def test_reference_free_method_trains_without_a_reference_forward(tmp_path, tiny
 
     monkeypatch.setattr(trainer, "score_all", spy)
     monkeypatch.setattr(simpo_cls, "compute_loss", loss_spy)
-    task_cls = get_task("exact")
-    task_config = from_mapping(task_cls.config_cls, TINY_EXACT)
-    train = from_mapping(TrainConfig, {**TINY_TRAIN, "steps": 3})
     n_train, n_eval = TINY_EXACT["num_train_pairs"], TINY_EXACT["num_eval_pairs"]
-
-    def run(name: str, cache: Path) -> dict:
-        trainer.clear_memo()  # no memoised reference log-probs: every reference forward happens here
-        cls = get_method(name)
-        cfg = from_mapping(cls.config_cls, {})
-        spec = RunSpec(task="exact", method=name, seed=0, method_config=cfg, task_config=task_config, train=train,
-                       run_id=name)
-        return execute(spec, env, cls(cfg), tmp_path / name, device=torch.device("cpu"), cache_dir=cache,
-                       show_progress=False)
-
     try:
-        summary = run("simpo", tmp_path / "cache-simpo")
+        summary = run_one(env, tmp_path, "simpo")
         assert summary["status"] == "ok" and math.isfinite(summary["kl"])
         reference_rows = [n for is_ref, n in calls if is_ref]
         assert reference_rows == [n_eval]  # the held-out pairs only (evaluation), never the n_train training pairs
         assert seen and all(r == {} for r in seen)  # the loss never received reference log-probs
         calls.clear()
-        assert run("dpo", tmp_path / "cache-dpo")["status"] == "ok"
+        assert run_one(env, tmp_path, "dpo")["status"] == "ok"
         assert n_train in [n for is_ref, n in calls if is_ref]  # the control: DPO scores its training pairs
     finally:
         trainer.clear_memo()
+
+
+def test_slic_hinge_form_declares_and_gets_the_reference(tmp_path, tiny_exact_env):
+    """The trainer reads needs_reference from the instance: slic's hinge form trains on reference log-ratios."""
+    try:
+        summary = run_one(tiny_exact_env, tmp_path, "slic", {"form": "hinge"})
+    finally:
+        trainer.clear_memo()
+    assert summary["status"] == "ok", summary["reason"]  # a batch without reference log-probs fails the run
+    assert math.isnan(summary["beta"]) and summary["sweep_value"] == 1.0
+
+
+def run_one(env, tmp_path: Path, name: str, margs: dict | None = None) -> dict:
+    """One 3-step run of ``name`` on the tiny exact task with a fresh reference cache and no memoised log-probs."""
+    trainer.clear_memo()  # every reference forward happens inside this run
+    task_cls, cls = get_task("exact"), get_method(name)
+    cfg = from_mapping(cls.config_cls, margs or {})
+    spec = RunSpec(task="exact", method=name, seed=0, method_config=cfg,
+                   task_config=from_mapping(task_cls.config_cls, TINY_EXACT),
+                   train=from_mapping(TrainConfig, {**TINY_TRAIN, "steps": 3}), run_id=name)
+    return execute(spec, env, cls(cfg), tmp_path / name, device=torch.device("cpu"),
+                   cache_dir=tmp_path / f"cache-{name}", show_progress=False)
 
 
 @pytest.fixture(scope="module")
