@@ -140,6 +140,10 @@ class Method(ABC):
     proxy_curve: ClassVar[str | None] = None
     # the method's own panels of its diagnostics figure (after the loss panels every offline method has)
     diagnostic_panels: ClassVar[tuple[Panel, ...]] = ()
+    # True where the config's ``beta`` is the KL coefficient of max E[r] - beta KL(pi || pi_ref) that the method
+    # optimises (DPO, IPO, KTO, PPO, ...): the sweep's ``betas`` apply to it, summary.csv's ``beta`` column shows it
+    # and exact tasks measure KL to pi*_beta. False where ``beta`` is only a scale (SimPO), or where there is no beta.
+    beta_is_kl_coef: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig):
         self.config = config
@@ -147,6 +151,13 @@ class Method(ABC):
     @property
     def sweep_value(self) -> float:
         return float(getattr(self.config, self.sweep_param))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Running state of the method itself (e.g. BCO's reward shift), saved in checkpoints; {} = stateless."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (called on resume, only for methods with a state)."""
 
     @classmethod
     def report_info(cls) -> dict[str, Any]:

@@ -119,8 +119,10 @@ class RunContext:
         return self.spec.seed
 
     def target_beta(self) -> float | None:
-        """The beta whose optimal policy pi*_beta this run aims at (None for methods swept on another axis)."""
-        return float(self.method.config.beta) if self.method.sweep_param == "beta" else None
+        """The beta whose optimal policy pi*_beta this run aims at: None for methods swept on another axis and for
+        methods whose beta is not a KL coefficient (``beta_is_kl_coef`` False, e.g. SimPO's reward scale)."""
+        m = self.method
+        return float(m.config.beta) if m.sweep_param == "beta" and m.beta_is_kl_coef else None
 
     def log_eval(self, step: int, result: EvalResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         row = {"step": step, **(extra or {}), **result.metrics}
@@ -202,7 +204,8 @@ def summarize(spec: RunSpec, ctx: RunContext | None, status: str, reason: str, w
     row: dict[str, Any] = {
         "run_id": spec.run_id, "task": spec.task, "method": spec.method,
         "sweep_param": ctx.method.sweep_param if ctx else "beta",
-        "beta": float(getattr(spec.method_config, "beta", float("nan"))),
+        # only a KL coefficient goes in the beta column (NaN for SimPO's scale, ORPO's lambda, SLiC's delta, N)
+        "beta": kl_beta(spec.method_config, ctx.method if ctx else None),
         "sweep_value": float(getattr(spec.method_config, ctx.method.sweep_param)) if ctx else float("nan"),
         "seed": spec.seed, "status": status, "reason": reason, "steps": steps, "wall_s": round(wall, 2),
     }
@@ -266,3 +269,10 @@ def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, devic
     for leftover in (ctx.checkpoint_path, ctx.checkpoint_path.with_suffix(".sha256")):
         leftover.unlink(missing_ok=True)  # the run is complete: its checkpoint is no longer needed
     return summary
+
+
+def kl_beta(config: Any, method: Method | None) -> float:
+    """The config's beta where it is the KL coefficient of the method's objective (``beta_is_kl_coef``), else NaN."""
+    if method is not None and not method.beta_is_kl_coef:
+        return float("nan")
+    return float(getattr(config, "beta", float("nan")))

@@ -32,7 +32,8 @@ class SweepConfig:
 
     tasks: tuple[str, ...] = param(("exact",), "tasks to run (see `alignbench list`)")
     methods: tuple[str, ...] = param((), "methods to run; empty = the task's default set")
-    betas: tuple[float, ...] = param((), "beta grid for every beta-swept method; empty = each method's own grid")
+    betas: tuple[float, ...] = param(
+        (), "beta grid for every method swept on a KL beta (beta_is_kl_coef); empty = each method's own grid")
     grid: dict[str, Any] = param({}, "per-method grid override, e.g. {bon: [1, 4, 16]} (the method's sweep axis)")
     seeds: tuple[int, ...] = param((0,), "random seeds; each cell of the grid runs once per seed")
     steps: int | None = param(None, "optimizer steps per run; default: the task's")
@@ -159,7 +160,7 @@ def plan(cfg: SweepConfig) -> Plan:
             if mname in cfg.grid:
                 values = cfg.grid[mname]
                 values = [values] if not isinstance(values, (list, tuple)) else values
-            elif cfg.betas and axis == "beta":
+            elif cfg.betas and axis == "beta" and method_cls.beta_is_kl_coef:  # a KL beta grid fits KL betas only
                 values = list(cfg.betas)
             else:
                 values = list(method_cls.default_grid)

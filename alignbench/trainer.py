@@ -39,7 +39,7 @@ class PreparedSplit:
     """A split in one data format: token tensors plus cached reference log-probs per column."""
 
     tokens: TokenizedColumns
-    ref_logps: dict[str, Tensor]  # col -> (N,) summed reference log-probs (CPU, float32)
+    ref_logps: dict[str, Tensor]  # col -> (N,) summed reference log-probs (CPU, float32); {} without reference
     lengths: dict[str, Tensor]  # col -> (N,) completion token counts
 
     def __len__(self) -> int:
@@ -134,13 +134,15 @@ def score_all(model: nn.Module, tokens: TokenizedColumns, device: torch.device) 
 
 
 def prepare(env: TaskEnv, fmt: str, split: str, cache_dir: Path, device: torch.device, *, seed: int = 0,
-            statistic_columns: "dict[str, str] | None" = None) -> PreparedSplit:
+            statistic_columns: "dict[str, str] | None" = None, reference: bool = True) -> PreparedSplit:
     """Tokenize a split in format ``fmt`` (plus a method's ``statistic_columns``, see ``data.format_dataset``)
     and attach reference log-probs, cached on disk.
 
     The cache key covers the task fingerprint (its config and reference weights), the data rows (every
     column) and the format, so every method and every beta of a sweep reuses the same reference log-probs.
-    A corrupted cache file (sha256 mismatch) is recomputed, never used.
+    A corrupted cache file (sha256 mismatch) is recomputed, never used. ``reference=False`` (reference-free
+    methods) runs no reference forward: ``ref_logps`` is ``{}`` (or the memoised copy's, which the trainer
+    does not pass on) and the lengths come from the completion masks.
     """
     if env.preferences is None or split not in env.preferences:
         raise AlignbenchError(f"preferences: task '{env.task_name}' has no '{split}' preference data")
@@ -149,8 +151,14 @@ def prepare(env: TaskEnv, fmt: str, split: str, cache_dir: Path, device: torch.d
     key = stable_hash({"task": env.fingerprint, "fmt": fmt, "split": split, "rows": _dataset_hash(ds)}, n=20)
     if key in _PREPARED:
         return _PREPARED[key]
+    if not reference and f"{key}-noref" in _PREPARED:
+        return _PREPARED[f"{key}-noref"]
     validate_rows(ds, fmt, split=split)
     tokens = tokenize(ds, fmt, env.tokenizer, extra_columns=extra)
+    if not reference:
+        lens = {c: m[:, 1:].sum(1).float() for c, m in tokens.completion_mask.items()}  # as sequence_logps counts
+        _PREPARED[f"{key}-noref"] = PreparedSplit(tokens, {}, lens)
+        return _PREPARED[f"{key}-noref"]
     path = Path(cache_dir) / "reflogps" / f"{key}.safetensors"
     with io.file_lock(path.with_suffix(".lock")):
         cached = io.load_tensors(path)
@@ -201,18 +209,24 @@ class BatchStream:
 
 
 @torch.no_grad()
-def preference_metrics(method: OfflineMethod, policy: nn.Module, data: PreparedSplit, pairs: PreparedSplit,
+def preference_metrics(method: OfflineMethod, policy: nn.Module, data: PreparedSplit, pairs: PreparedSplit | None,
                        device: torch.device, prefix: str) -> dict[str, float]:
     """Held-out (or train) loss of the method on its own format, and implicit-reward diagnostics on pairs.
 
     ``{prefix}/loss``: the method's loss; ``{prefix}/implicit_acc``: share of pairs whose chosen log-ratio
     exceeds the rejected one; ``logratio/chosen`` and ``logratio/rejected``: mean log pi/pi_ref.
+    ``pairs=None`` (a reference-free method's training data, which has no reference log-probs): the loss only.
+    The method sees reference log-probs only if it declares ``needs_reference``.
     """
     was = policy.training
     policy.eval()
     lp, _ = score_all(policy, data.tokens, device)
     labels = data.tokens.labels
-    out = method.compute_loss(LogpBatch(policy=lp, reference=data.ref_logps, lengths=data.lengths, labels=labels))
+    reference = data.ref_logps if method.needs_reference else {}
+    out = method.compute_loss(LogpBatch(policy=lp, reference=reference, lengths=data.lengths, labels=labels))
+    if pairs is None:
+        policy.train(was)
+        return {f"{prefix}/loss": float(out.loss)}
     plp, _ = score_all(policy, pairs.tokens, device)
     lr_c = plp["chosen"] - pairs.ref_logps["chosen"]
     lr_r = plp["rejected"] - pairs.ref_logps["rejected"]
@@ -230,15 +244,18 @@ def preference_metrics(method: OfflineMethod, policy: nn.Module, data: PreparedS
 def train_offline(method: OfflineMethod, ctx: RunContext) -> None:
     """Train ``ctx``'s policy with ``method``'s loss; evaluate at step 0, every eval_every steps and at the end."""
     env, tc, device = ctx.env, ctx.train, ctx.device
-    fmt = method.data_format
-    stats = dict(method.statistic_columns)
-    train = prepare(env, fmt, "train", ctx.cache_dir, device, statistic_columns=stats)
-    held_out = prepare(env, fmt, "eval", ctx.cache_dir, device, statistic_columns=stats)
+    fmt, uses_ref, stats = method.data_format, method.needs_reference, dict(method.statistic_columns)
+    # a reference-free method's data gets no reference forward; the held-out pairs always do (evaluation: the
+    # log-ratio diagnostics), and the task's evaluate() measures KL(pi || pi_ref) for every method
+    train = prepare(env, fmt, "train", ctx.cache_dir, device, statistic_columns=stats, reference=uses_ref)
+    held_out = prepare(env, fmt, "eval", ctx.cache_dir, device, statistic_columns=stats, reference=uses_ref)
     pairs_eval = prepare(env, "paired", "eval", ctx.cache_dir, device)
-    # a fixed subset of the training data for the train-side diagnostics (same size as held-out)
+    # a fixed subset of the training data for the train-side diagnostics (same size as held-out); the train-side
+    # log-ratio accuracy needs the reference on training pairs, so reference-free methods report the loss only
     n_probe = min(len(train), len(held_out))
     train_probe = _subset(train, torch.arange(n_probe))
-    pairs_train = _subset(prepare(env, "paired", "train", ctx.cache_dir, device), torch.arange(min(n_probe, len(env.preferences["train"]))))
+    pairs_train = (_subset(prepare(env, "paired", "train", ctx.cache_dir, device),
+                           torch.arange(min(n_probe, len(env.preferences["train"])))) if uses_ref else None)
 
     # accelerate: DDP over processes under `accelerate launch`; the identity in a single process
     dist = Distributed.for_device(device)
@@ -268,6 +285,8 @@ def train_offline(method: OfflineMethod, ctx: RunContext) -> None:
 
     running: dict[str, list[float]] = {}
     modules = {"policy": dist.unwrap(policy), "optimizer": optimizer, "scheduler": scheduler, "stream": stream}
+    if method.state_dict():  # a method with running state (e.g. BCO's reward shift) is checkpointed with the rest
+        modules["method"] = method
     start = ctx.resume(modules, running)  # 0 on a fresh run; else the step of the last checkpoint
     if start == 0:
         evaluate(0, running)  # the reference itself: where every reward-vs-KL path starts
@@ -285,10 +304,11 @@ def train_offline(method: OfflineMethod, ctx: RunContext) -> None:
                 if method.statistic_columns:
                     with torch.no_grad():
                         stat_lp, stat_len = concat_forward(policy, batch.select(method.statistic_columns))
-            reference = {c: v[idx].to(device) for c, v in train.ref_logps.items()}
+            reference = {c: v[idx].to(device) for c, v in train.ref_logps.items()} if uses_ref else {}
             for c in method.statistic_columns:
                 logps[c], lengths[c] = dist.gather(stat_lp[c]), dist.gather(stat_len[c])
-                reference[c] = dist.gather(reference[c])
+                if uses_ref:
+                    reference[c] = dist.gather(reference[c])
             out = method.compute_loss(LogpBatch(policy=logps, reference=reference, lengths=lengths,
                                                 labels=batch.labels))
             ctx.check_finite(out.loss, "loss", step)

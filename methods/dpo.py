@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignbench.api import LogpBatch, LossOutput, MethodConfig, OfflineMethod, pair_diagnostics
+from alignbench.api import LogpBatch, LossOutput, MethodConfig, OfflineMethod
 from alignbench.config import check_finite, param
 from alignbench.errors import ConfigError
+from alignbench.paired import paired_output
 from alignbench.registry import register_method
 
 
@@ -69,11 +70,7 @@ def dpo_loss(
     chosen_rewards / rejected_rewards: (B,) implicit rewards beta * (log pi - log pi_ref), detached.
     """
     losses = dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, label_smoothing)
-    logratio_c = (policy_chosen - ref_chosen).detach()
-    logratio_r = (policy_rejected - ref_rejected).detach()
-    chosen_rewards, rejected_rewards = beta * logratio_c, beta * logratio_r
-    metrics = pair_diagnostics(logratio_c, logratio_r, beta)
-    return LossOutput(losses.mean(), chosen_rewards, rejected_rewards, metrics)
+    return paired_output(losses, policy_chosen - ref_chosen, policy_rejected - ref_rejected, beta)
 
 
 @register_method("dpo")

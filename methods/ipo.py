@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from alignbench.api import LogpBatch, LossOutput, MethodConfig, OfflineMethod, pair_diagnostics
+from alignbench.api import LogpBatch, LossOutput, MethodConfig, OfflineMethod
 from alignbench.config import param
 from alignbench.errors import ConfigError
+from alignbench.paired import paired_output, per_token
 from alignbench.registry import register_method
 
 
@@ -61,8 +62,8 @@ def ipo_losses(
     if (chosen_lengths is None) != (rejected_lengths is None):
         raise ValueError("ipo_losses: pass both chosen_lengths and rejected_lengths, or neither")
     if chosen_lengths is not None and rejected_lengths is not None:
-        logratio_c = logratio_c / chosen_lengths.clamp(min=1)  # per-token log-ratio (TRL PR #1265)
-        logratio_r = logratio_r / rejected_lengths.clamp(min=1)
+        logratio_c = per_token(logratio_c, chosen_lengths)  # per-token log-ratio (TRL PR #1265)
+        logratio_r = per_token(logratio_r, rejected_lengths)
     h = logratio_c - logratio_r  # h_pi(y_w, y_l), IPO paper Eq. 17
     return (h - 1.0 / (2.0 * beta)) ** 2, h  # (h - 1/(2 tau))^2, IPO paper Eq. 17
 
@@ -83,12 +84,8 @@ def ipo_loss(
     """
     losses, h = ipo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta,
                            chosen_lengths, rejected_lengths)
-    logratio_c = (policy_chosen - ref_chosen).detach()
-    logratio_r = (policy_rejected - ref_rejected).detach()
-    chosen_rewards, rejected_rewards = beta * logratio_c, beta * logratio_r
-    metrics = {**pair_diagnostics(logratio_c, logratio_r, beta),
-               "ipo/h": h.detach().mean()}  # regressed onto 1 / (2 beta)
-    return LossOutput(losses.mean(), chosen_rewards, rejected_rewards, metrics)
+    return paired_output(losses, policy_chosen - ref_chosen, policy_rejected - ref_rejected, beta,
+                         metrics={"ipo/h": h.detach().mean()})  # h is regressed onto 1 / (2 beta)
 
 
 @register_method("ipo")
