@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
@@ -173,6 +174,32 @@ def make_scorer(method: "OnlineMethod", ctx: "RunContext") -> tuple[Scorer, Any]
     raise AlignbenchError(f"method '{method.name}': an online method declares needs_reward_model or needs_gold_reward")
 
 
+# ------------------------------------------------------------------------------------------ shared pure pieces
+
+
+def clipped_surrogate(log_ratio: Tensor, advantages: Tensor, clip_eps: float) -> Tensor:
+    """Elementwise clipped surrogate loss (PPO paper, Eq. 7, negated to minimise):
+
+        l = max(-A rho, -A clip(rho, 1 - eps, 1 + eps)),  rho = exp(log_ratio) = pi_new / pi_old.
+
+    log_ratio, advantages: the same shape ((B, T) per token for PPO/GRPO, (B,) per sequence for RLOO).
+    At rho = 1 (the first step on a rollout) its gradient is -A grad log pi: REINFORCE with advantage A.
+    """
+    ratio = log_ratio.exp()
+    return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps))
+
+
+def kl_penalized_reward(score: Tensor, seq_kl: Tensor, beta: float) -> Tensor:
+    """R = r(x, y) - beta sum_t log pi(y_t|.)/pi_ref(y_t|.): the sequence reward of KL-regularised RL
+    (Ziegler et al. 2019 Eq. 2; RLOO, Ahmadian et al. 2024 Sec. 3). score, seq_kl: (B,) -> (B,)."""
+    return score - beta * seq_kl
+
+
+def grouped(x: Tensor, k: int) -> Tensor:
+    """(P*k,) -> (P, k): rows i*k .. i*k+k-1 of a rollout are the k samples of prompt i."""
+    return x.view(-1, k)
+
+
 # ------------------------------------------------------------------------------------------ the contract
 
 
@@ -198,6 +225,15 @@ class Learner:
         if rows is not None:
             ids, am, cm = ids[rows], am[rows], cm[rows]
         return sequence_logps(self.policy, ids, am, cm, self.temperature).tokens
+
+    def minibatches(self, n: int, size: int, epochs: int) -> "Iterator[Tensor]":
+        """``epochs`` passes over n rollout rows in seeded random minibatches of ``size`` (index tensors);
+        the permutations come from the prompt stream's generator (checkpointed)."""
+        size = min(size, n)
+        for _ in range(epochs):
+            perm = self.stream.permutation(n).to(self.ctx.device)
+            for lo in range(0, n - size + 1, size):
+                yield perm[lo:lo + size]
 
     def step(self, loss: Tensor, it: int) -> list[Tensor]:
         """zero_grad, backward, clip each group to train.max_grad_norm, check finite, optimizer and schedule

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from alignbench.config import check_int, check_nonnegative, check_positive, check_range, param
 from alignbench.errors import ConfigError
-from alignbench.online import Learner, OnlineConfig, OnlineMethod, RolloutBatch
+from alignbench.online import Learner, OnlineConfig, OnlineMethod, RolloutBatch, clipped_surrogate
 from alignbench.optim import make_optimizer, warmup_schedule
 from alignbench.registry import register_method
 
@@ -154,11 +154,9 @@ def ppo_policy_loss(logp_new: Tensor, logp_old: Tensor, advantages: Tensor, mask
     All inputs are (B, T); ``logp_old`` and ``advantages`` are constants of the rollout.
     """
     log_ratio = logp_new - logp_old
-    ratio = log_ratio.exp()
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = masked_mean(clipped_surrogate(log_ratio, advantages, clip_eps), mask)
     with torch.no_grad():
+        ratio = log_ratio.exp()
         clipfrac = masked_mean(((ratio - 1.0).abs() > clip_eps).to(ratio.dtype), mask)
         approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
     return PolicyLoss(loss=loss, clipfrac=clipfrac, approx_kl=approx_kl)
@@ -288,23 +286,18 @@ class PPO(OnlineMethod):
 
         cfg: PPOConfig = self.config
         stats: dict[str, list[float]] = {}
-        b = batch.input_ids.shape[0]
-        mb = min(cfg.minibatch_size, b)
-        for _ in range(cfg.ppo_epochs):
-            perm = learner.stream.permutation(b).to(batch.input_ids.device)
-            for lo in range(0, b - mb + 1, mb):
-                i = perm[lo:lo + mb]
-                m_i = batch.mask[i]
-                pl = ppo_policy_loss(learner.policy_logps(batch, i), batch.logp[i], self.advantages[i], m_i,
-                                     cfg.clip_eps)
-                values = token_values(self.critic, batch.input_ids[i], batch.attention_mask[i])[:, :-1]
-                vl = ppo_value_loss(values, self.old_values[i], self.returns[i], m_i, cfg.value_clip)
-                gn_pi, gn_v = learner.step(pl.loss + cfg.vf_coef * vl.loss, it)
-                for key, v in (("ppo/policy_loss", pl.loss), ("ppo/value_loss", vl.loss),
-                               ("ppo/approx_kl", pl.approx_kl), ("ppo/clipfrac", pl.clipfrac),
-                               ("ppo/value_clipfrac", vl.clipfrac), ("ppo/grad_norm", gn_pi),
-                               ("ppo/critic_grad_norm", gn_v)):
-                    stats.setdefault(key, []).append(float(v.detach()))
+        for i in learner.minibatches(batch.input_ids.shape[0], cfg.minibatch_size, cfg.ppo_epochs):
+            m_i = batch.mask[i]
+            pl = ppo_policy_loss(learner.policy_logps(batch, i), batch.logp[i], self.advantages[i], m_i,
+                                 cfg.clip_eps)
+            values = token_values(self.critic, batch.input_ids[i], batch.attention_mask[i])[:, :-1]
+            vl = ppo_value_loss(values, self.old_values[i], self.returns[i], m_i, cfg.value_clip)
+            gn_pi, gn_v = learner.step(pl.loss + cfg.vf_coef * vl.loss, it)
+            for key, v in (("ppo/policy_loss", pl.loss), ("ppo/value_loss", vl.loss),
+                           ("ppo/approx_kl", pl.approx_kl), ("ppo/clipfrac", pl.clipfrac),
+                           ("ppo/value_clipfrac", vl.clipfrac), ("ppo/grad_norm", gn_pi),
+                           ("ppo/critic_grad_norm", gn_v)):
+                stats.setdefault(key, []).append(float(v.detach()))
         return stats
 
     def iteration_stats(self, batch: RolloutBatch) -> dict[str, float]:
