@@ -39,7 +39,9 @@ class OnlineDPOConfig(OnlineConfig):
     rollout_batch: int = param(128, "completions per iteration (two per prompt: rollout_batch / 2 pairs)")
     epochs: int = param(1, "passes over each batch of pairs")
     minibatch_size: int = param(64, "pairs per gradient step")
-    lr: float | None = param(3e-4, "policy learning rate (None: the run's train.lr)")
+    lr: float | None = param(1e-3, "policy learning rate (None: the run's train.lr). One gradient step per rollout "
+                                   "by default, so the offline methods' 1e-3 (PPO takes 8 correlated steps per "
+                                   "rollout at 3e-4)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
