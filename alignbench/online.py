@@ -65,6 +65,24 @@ class OnlineConfig(MethodConfig):
             raise ConfigError("rollout_batch", f"must be a multiple of group_size={k}, got {self.rollout_batch}")
 
 
+@dataclass(frozen=True)
+class StepConfig(OnlineConfig):
+    """Methods that take few gradient steps per rollout (RLOO, GRPO, online DPO): their shared fields."""
+
+    iterations: int | None = param(300, "iterations (rollout + update); None: the run's train.steps. One gradient "
+                                        "step per iteration: 300 cost about what PPO's 100 cost on the exact task")
+    epochs: int = param(1, "passes over each rollout (1: every sample is used once, at ratio pi/pi_old = 1)")
+    minibatch_size: int = param(128, "completions per gradient step")
+    lr: float | None = param(1e-3, "policy learning rate (None: the run's train.lr). One gradient step per rollout "
+                                   "by default, so the offline methods' 1e-3 (PPO takes 8 correlated steps per "
+                                   "rollout at 3e-4)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("epochs", self.epochs, 1)
+        check_int("minibatch_size", self.minibatch_size, 1)
+
+
 def check_group_size(k: Any, why: str) -> None:
     """group_size k >= 2 (a one-line ConfigError naming the field otherwise)."""
     check_int("group_size", k)

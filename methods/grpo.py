@@ -45,8 +45,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from alignbench.config import check_choice, check_int, check_positive, param
-from alignbench.online import (Learner, OnlineConfig, OnlineMethod, RolloutBatch, check_group_size,
+from alignbench.config import check_choice, check_positive, param
+from alignbench.online import (Learner, OnlineMethod, StepConfig, RolloutBatch, check_group_size,
                                clipped_surrogate, grouped, kl_penalized_reward)
 from alignbench.registry import register_method
 
@@ -54,7 +54,7 @@ STD_EPS = 1e-4  # TRL GRPOTrainer: advantages / (std + 1e-4)
 
 
 @dataclass(frozen=True)
-class GRPOConfig(OnlineConfig):
+class GRPOConfig(StepConfig):
     beta: float = param(0.04, "KL coefficient (GRPO paper: 0.04): of the k3 loss term, or of the reward penalty")
     group_size: int = param(4, "k completions per prompt (GRPO paper: 64; TRL: 8); advantages are normalised "
                                "within each prompt's group")
@@ -62,22 +62,13 @@ class GRPOConfig(OnlineConfig):
     scale_rewards: bool = param(True, "divide advantages by the group's std (false: Dr. GRPO)")
     loss_agg: str = param("seq_mean", "seq_mean (paper) | token_mean (DAPO) | token_sum (Dr. GRPO: "
                                       "/ (B x max_new_tokens))")
-    iterations: int | None = param(200, "iterations (rollout + update); None: the run's train.steps")
-    rollout_batch: int = param(128, "completions per iteration (rollout_batch / group_size prompts)")
-    epochs: int = param(1, "passes over each rollout (GRPO paper: mu = 1)")
-    minibatch_size: int = param(128, "rollouts per gradient step")
     clip_eps: float = param(0.2, "clip range of the per-token ratio (paper: 0.2)")
-    lr: float | None = param(1e-3, "policy learning rate (None: the run's train.lr). One gradient step per rollout "
-                                   "by default, so the offline methods' 1e-3 (PPO takes 8 correlated steps per "
-                                   "rollout at 3e-4)")
 
     def __post_init__(self) -> None:
         check_group_size(self.group_size, "the group's mean and std need several samples of the prompt")
         super().__post_init__()
         check_choice("kl_mode", self.kl_mode, ("loss", "reward"))
         check_choice("loss_agg", self.loss_agg, ("seq_mean", "token_mean", "token_sum"))
-        check_int("epochs", self.epochs, 1)
-        check_int("minibatch_size", self.minibatch_size, 1)
         check_positive("clip_eps", self.clip_eps)
 
 

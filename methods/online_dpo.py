@@ -25,29 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignbench.config import check_choice, check_int, param
-from alignbench.online import Learner, OnlineConfig, OnlineMethod, RolloutBatch, grouped
+from alignbench.config import check_choice, param
+from alignbench.online import Learner, OnlineMethod, StepConfig, RolloutBatch, grouped
 from alignbench.registry import register_method
 
 
 @dataclass(frozen=True)
-class OnlineDPOConfig(OnlineConfig):
+class OnlineDPOConfig(StepConfig):
     beta: float = param(0.1, "DPO beta (TRL OnlineDPOConfig default 0.1)")
     label: str = param("argmax", "argmax: the higher-scored completion is chosen (TRL); bt: chosen with the "
                                  "Bradley-Terry probability sigma(r_1 - r_2)")
-    iterations: int | None = param(200, "iterations (rollout + update); None: the run's train.steps")
     rollout_batch: int = param(128, "completions per iteration (two per prompt: rollout_batch / 2 pairs)")
-    epochs: int = param(1, "passes over each batch of pairs")
     minibatch_size: int = param(64, "pairs per gradient step")
-    lr: float | None = param(1e-3, "policy learning rate (None: the run's train.lr). One gradient step per rollout "
-                                   "by default, so the offline methods' 1e-3 (PPO takes 8 correlated steps per "
-                                   "rollout at 3e-4)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("label", self.label, ("argmax", "bt"))
-        check_int("epochs", self.epochs, 1)
-        check_int("minibatch_size", self.minibatch_size, 1)
 
 
 def preference_labels(score_1: Tensor, score_2: Tensor, mode: str, generator: torch.Generator | None = None) -> Tensor:

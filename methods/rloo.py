@@ -26,32 +26,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from alignbench.config import check_int, check_positive, param
-from alignbench.online import (Learner, OnlineConfig, OnlineMethod, RolloutBatch, check_group_size,
+from alignbench.config import check_positive, param
+from alignbench.online import (Learner, OnlineMethod, StepConfig, RolloutBatch, check_group_size,
                                clipped_surrogate, grouped, kl_penalized_reward)
 from alignbench.registry import register_method
 
 
 @dataclass(frozen=True)
-class RLOOConfig(OnlineConfig):
+class RLOOConfig(StepConfig):
     beta: float = param(0.03, "KL coefficient of the sequence reward r - beta KL_seq (TRL paper index: 0.03)")
     group_size: int = param(2, "k completions per prompt; the baseline of each is the mean of the other k-1 "
                                "(Ahmadian et al.: k = 2, 4)")
-    iterations: int | None = param(200, "iterations (rollout + update); None: the run's train.steps")
-    rollout_batch: int = param(128, "completions per iteration (rollout_batch / group_size prompts)")
-    epochs: int = param(1, "passes over each rollout (1: plain REINFORCE, ratio = 1)")
-    minibatch_size: int = param(128, "rollouts per gradient step")
     clip_eps: float = param(0.2, "clip range of the sequence ratio (only matters when epochs > 1 or "
                                  "minibatch_size < rollout_batch; TRL: 0.2)")
-    lr: float | None = param(1e-3, "policy learning rate (None: the run's train.lr). One gradient step per rollout "
-                                   "by default, so the offline methods' 1e-3 (PPO takes 8 correlated steps per "
-                                   "rollout at 3e-4)")
 
     def __post_init__(self) -> None:
         check_group_size(self.group_size, "the leave-one-out baseline needs another sample of the prompt")
         super().__post_init__()
-        check_int("epochs", self.epochs, 1)
-        check_int("minibatch_size", self.minibatch_size, 1)
         check_positive("clip_eps", self.clip_eps)
 
 
