@@ -123,7 +123,9 @@ class GRPO(OnlineMethod):
     needs_gold_reward = False
     needs_preferences = True
     sweep_param = "beta"
-    default_grid = (0.01, 0.03, 0.1, 0.3, 1.0)
+    # advantages are standardised (|A| ~ 1 whatever the reward's scale), so the KL term needs larger beta than
+    # RLOO's: at beta = 0.1 on the exact task GRPO reached KL 7.5 nats (RLOO 2.2)
+    default_grid = (0.03, 0.1, 0.3, 1.0, 3.0)
 
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch, learner: Learner) -> None:
