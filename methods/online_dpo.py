@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignbench.config import check_choice, param
+from alignbench.errors import ConfigError
 from alignbench.online import Learner, OnlineMethod, StepConfig, RolloutBatch, grouped
 from alignbench.registry import register_method
 
@@ -41,6 +42,8 @@ class OnlineDPOConfig(StepConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("label", self.label, ("argmax", "bt"))
+        if self.rollout_batch % 2:
+            raise ConfigError("rollout_batch", f"must be even (two completions per prompt), got {self.rollout_batch}")
 
 
 def preference_labels(score_1: Tensor, score_2: Tensor, mode: str, generator: torch.Generator | None = None) -> Tensor:

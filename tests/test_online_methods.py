@@ -87,6 +87,7 @@ def test_config_errors_name_the_field():
     for cfg_cls, bad, field in ((RLOOConfig, {"group_size": 1}, "group_size"), (GRPOConfig, {"group_size": 1}, "group_size"),
                                 (GRPOConfig, {"kl_mode": "both"}, "kl_mode"), (GRPOConfig, {"loss_agg": "x"}, "loss_agg"),
                                 (RLOOConfig, {"rollout_batch": 9}, "rollout_batch"), (OnlineDPOConfig, {"label": "x"}, "label"),
+                                (OnlineDPOConfig, {"rollout_batch": 7}, "rollout_batch"),
                                 (RLOOConfig, {"beta": 0}, "beta")):
         with pytest.raises(ConfigError) as e:
             from_mapping(cfg_cls, bad)
