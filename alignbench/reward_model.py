@@ -140,6 +140,14 @@ class RewardModel:
             out.append(sequence_scores(self.model, ids, am))
         return torch.cat(out) if out else torch.zeros(0, device=device)
 
+    def summary(self) -> dict[str, Any]:
+        """The reward model's facts every run that uses it adds to its summary (accuracy, loss, gold correlation)."""
+        m = self.metrics
+        out = {"rm_accuracy": m.get("eval_accuracy"), "rm_eval_loss": m.get("eval_loss")}
+        if "gold_corr" in m:
+            out["rm_gold_corr"] = m["gold_corr"]
+        return out
+
     def to(self, device: torch.device) -> "RewardModel":
         self.model.to(device)
         return self

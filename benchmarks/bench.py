@@ -116,6 +116,7 @@ class Sizes:
     # PPO
     ppo_iterations: int = 20
     ppo_method: str = "ppo"
+    online_methods: tuple[str, ...] = ("ppo", "rloo", "grpo", "online-dpo")  # part "ppo": every online-loop method
 
 
 # a tiny exact task (4 prompts x 64 responses, 1-layer reference; tests/conftest.py's TINY_EXACT)
@@ -797,10 +798,11 @@ def fmt_parts(parts: dict[str, float]) -> str:
 # ------------------------------------------------------------------------------------------ PPO
 
 
-def bench_ppo(sizes: Sizes, tmp: Path, log: Callable[[str], None] = print,
+def bench_ppo(sizes: Sizes, tmp: Path, log: Callable[[str], None] = print, method_name: str | None = None,
               device: torch.device = torch.device("cpu")) -> dict[str, Any]:
-    """PPO iterations on the exact task: generation time (wrapped sample) vs the whole iteration."""
-    import methods.ppo as ppo_mod
+    """Iterations of an online-loop method (default ``sizes.ppo_method``) on the exact task with its default
+    config: generation time (wrapped sample) vs the whole iteration."""
+    import alignbench.online as ppo_mod  # the shared online loop calls sample()
     from alignbench.config import from_mapping
     from alignbench.registry import get_method, get_task
     from alignbench.runner import seed_everything
@@ -808,7 +810,8 @@ def bench_ppo(sizes: Sizes, tmp: Path, log: Callable[[str], None] = print,
     task_cls = get_task("exact")
     task = task_cls(from_mapping(task_cls.config_cls, dict(sizes.sweep_task_args)))
     env = exact_env(sizes, tmp / "exact-cache", device)  # the same cache as the exact workload of the step comparisons
-    method_cls = get_method(sizes.ppo_method)
+    method_name = method_name or sizes.ppo_method
+    method_cls = get_method(method_name)
     method = method_cls(method_cls.config_cls(iterations=sizes.ppo_iterations))
     train = task.train_config({"eval_every": sizes.ppo_iterations, "checkpoint_every": 0})
     ctx = make_timed_context(env, method, train, tmp, 0, device)
@@ -838,7 +841,7 @@ def bench_ppo(sizes: Sizes, tmp: Path, log: Callable[[str], None] = print,
         inside = [(sec, tok) for t0, sec, tok in calls if a <= t0 < b]
         its.append((b - a, sum(x for x, _ in inside), sum(t for _, t in inside)))
     its = its[1:] if len(its) > 1 else its  # the first timed iteration warms up generate()'s caches
-    res = {"method": sizes.ppo_method, "iterations": sizes.ppo_iterations, "timed_iterations": len(its),
+    res = {"method": method_name, "iterations": sizes.ppo_iterations, "timed_iterations": len(its),
            "rollout_batch": method.config.rollout_batch,
            "tokens_per_iteration": statistics.median(t for _, _, t in its),
            "tokens_per_s": statistics.median(t / g for _, g, t in its),
@@ -847,7 +850,7 @@ def bench_ppo(sizes: Sizes, tmp: Path, log: Callable[[str], None] = print,
            "generate_s_per_iteration": statistics.median(g for _, g, _ in its),
            "ppo_own_perf": {k: v for k, v in ctx.extra_summary.items() if k.startswith("perf/")},
            "loadavg": [load0, load_average()]}
-    log(f"  {sizes.ppo_method}: {res['tokens_per_s']:.0f} rollout tokens/s, generation {100 * res['generate_share']:.1f}% "
+    log(f"  {method_name}: {res['tokens_per_s']:.0f} rollout tokens/s, generation {100 * res['generate_share']:.1f}% "
         f"of {1000 * res['s_per_iteration']:.0f} ms/iteration")
     return res
 
@@ -949,8 +952,7 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
             rows.append(f"| ... the same {n} runs one by one, each from scratch | {w['separate_s']:.1f} s | | |")
             rows.append(f"| saving: one by one / one sweep (cold; warm) | {w['saving_cold']:.2f}x; {w['saving_warm']:.2f}x "
                         f"| > 1x (no number set) | {verdict(w['saving_cold'] > 1)} |")
-    pp = results.get("ppo")
-    if pp:
+    for pp in results.get("online") or ([results["ppo"]] if results.get("ppo") else []):
         rows.append(f"| {pp['method']} rollout generation (KV cache), exact task | {pp['tokens_per_s']:.0f} tokens/s "
                     f"({pp['tokens_per_iteration']:.0f} tokens/iteration) | (no number set) | |")
         rows.append(f"| {pp['method']} share of an iteration spent generating | {100 * pp['generate_share']:.1f}% of "
@@ -1016,7 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
             results["threads_ppo"] = apply_threads(sizes)
             print(f"[5] PPO rollouts on the exact task ({sizes.ppo_iterations} iterations, "
                   f"{results['threads_ppo']} torch threads)")
-            results["ppo"] = bench_ppo(sizes, tmp)
+            results["online"] = [bench_ppo(sizes, tmp, method_name=m) for m in sizes.online_methods]
+            results["ppo"] = results["online"][0]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     results["loadavg_end"] = load_average()

@@ -83,10 +83,7 @@ class BestOfN(Method):
         cfg: BestOfNConfig = self.config
         env = ctx.env
         rm = ctx.reward_model()
-        m = rm.metrics
-        ctx.extra_summary.update({"rm_accuracy": m.get("eval_accuracy"), "rm_eval_loss": m.get("eval_loss")})
-        if "gold_corr" in m:
-            ctx.extra_summary["rm_gold_corr"] = m["gold_corr"]
+        ctx.extra_summary.update(rm.summary())
         bound = bon_kl_bound(cfg.n)
         extra = {"bon/n": float(cfg.n), "kl/bon_bound": bound}
         if isinstance(env, EnumerableEnv):

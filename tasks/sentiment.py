@@ -383,7 +383,9 @@ class SentimentTask(Task):
     # sized so that the default sweep (~25 runs) fits in ~15 minutes on 2 CPU cores
     # PPO's rollouts of up to 16 tokens cost ~4x the exact task's; 40 iterations keep the default sweep
     # within its 15-minute budget on 2 cores (its gold reward has flattened by then at the default betas)
-    method_defaults = {"ppo": {"iterations": 40}, "ppo-gt": {"iterations": 40}}
+    # online-loop methods: about the cost of a PPO run (one gradient step per iteration instead of PPO's 8)
+    method_defaults = {"ppo": {"iterations": 40}, "ppo-gt": {"iterations": 40}, "rloo": {"iterations": 150},
+                       "rloo-gt": {"iterations": 150}, "grpo": {"iterations": 150}, "online-dpo": {"iterations": 150}}
     train_defaults = {"steps": 150, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "eval_every": 50,
                       "max_grad_norm": 10.0}
 

@@ -75,6 +75,9 @@ def test_online_methods_are_refused_in_a_data_parallel_launch(tmp_path, cache_di
     assert main(sweep_args(tmp_path / "x", cache_dir, methods="ppo", betas="0.1")) == 2
     assert "'ppo' is online" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    assert main(sweep_args(tmp_path / "x", cache_dir, methods="dpo,rloo", betas="0.1")) == 2  # every loop method
+    assert "'rloo' is online" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 # ------------------------------------------------------------------------------------------ runs per GPU
