@@ -157,7 +157,7 @@ def test_findings_are_written_from_the_numbers(synth):
     assert "Overoptimization detected in" in findings and "ppo" in findings
     assert "Overfitting in" in findings and "dpo" in findings
     assert "chosen log-ratio ended below 0" in findings
-    assert "highest frontier" in findings
+    assert "frontier scores not compared (one seed: no interval over training runs)" in findings
     assert "nats" in findings
     per_run = text[text.index("### Per-run diagnostics"):text.index("### Gao et al.")]
     assert "**yes**" in per_run
