@@ -220,7 +220,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError("config", f"file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError("config", f"{p} is not UTF-8 text (byte {e.start}); a YAML file is expected") from None
     except yaml.YAMLError as e:
         raise ConfigError("config", f"{p} is not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:

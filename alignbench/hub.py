@@ -18,9 +18,7 @@ import contextlib
 import functools
 import math
 import os
-import shutil
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -412,27 +410,16 @@ class PresetEnv(SampledTaskEnv):
 
 
 def build_cached(folder: Path, build: Callable[[Path], None]) -> None:
-    """Run ``build(tmp)`` once into a temporary folder and move it to ``folder`` (under a file lock);
-    ``folder/meta.json`` marks a complete build."""
-    from .io import file_lock
+    """Run ``build(tmp)`` once and move its output to ``folder``: the cache service (:mod:`alignbench.cache`:
+    under a file lock, every file checked by sha256 before use, rebuilt when damaged)."""
+    from . import cache
 
-    if (folder / "meta.json").exists():
-        return
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(folder.parent / f".{folder.name}.lock"):
-        if (folder / "meta.json").exists():
-            return
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
-        try:
-            build(tmp)
-            if not (tmp / "meta.json").exists():
-                raise RuntimeError("build_cached: the build wrote no meta.json")
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    def checked(tmp: Path) -> None:
+        build(tmp)
+        if not (tmp / "meta.json").exists():
+            raise RuntimeError("build_cached: the build wrote no meta.json")
+
+    cache.entry(folder, checked, what=f"preset cache entry '{folder.parent.name}/{folder.name}'")
 
 
 def generation_spec(tokenizer: Any, max_new_tokens: int, temperature: float) -> GenerationSpec:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from . import io
+from . import cache
 from .api import FORMAT_COLUMNS, LogpBatch, OfflineMethod, TaskEnv
 from .config import stable_hash
 from .data import TokenizedColumns, format_dataset, tokenize, validate_rows
@@ -49,7 +49,7 @@ class PreparedSplit:
         return len(self.tokens)
 
 
-_PREPARED: dict[str, PreparedSplit] = {}  # in-process memo: every run of a sweep shares one copy
+_PREPARED: dict[str, PreparedSplit] = cache.memo("prepared splits")  # every run of a sweep shares one copy
 
 
 def _dataset_hash(ds) -> str:
@@ -152,16 +152,14 @@ def prepare(env: TaskEnv, fmt: str, split: str, cache_dir: Path, device: torch.d
     validate_rows(ds, fmt, split=split)
     tokens = tokenize(ds, fmt, env.tokenizer)
     path = Path(cache_dir) / "reflogps" / f"{key}.safetensors"
-    with io.file_lock(path.with_suffix(".lock")):
-        cached = io.load_tensors(path)
-        if cached is None:
-            ref = env.reference.to(device)
-            logps, lens = score_all(ref, tokens, device)
-            io.save_tensors(path, {**{f"logp.{c}": v for c, v in logps.items()},
-                                   **{f"len.{c}": v for c, v in lens.items()}})
-        else:
-            logps = {c: cached[f"logp.{c}"] for c in FORMAT_COLUMNS[fmt]}
-            lens = {c: cached[f"len.{c}"] for c in FORMAT_COLUMNS[fmt]}
+
+    def build() -> dict[str, Tensor]:
+        logps, lens = score_all(env.reference.to(device), tokens, device)
+        return {**{f"logp.{c}": v for c, v in logps.items()}, **{f"len.{c}": v for c, v in lens.items()}}
+
+    table = cache.tensors(path, build, what="reference log-probs")
+    logps = {c: table[f"logp.{c}"].cpu() for c in FORMAT_COLUMNS[fmt]}
+    lens = {c: table[f"len.{c}"].cpu() for c in FORMAT_COLUMNS[fmt]}
     prepared = PreparedSplit(tokens, logps, lens)
     _PREPARED[key] = prepared
     return prepared
