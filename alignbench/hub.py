@@ -19,6 +19,7 @@ import functools
 import math
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from .api import GenerationSpec, Task
 from .config import check_choice, check_int, check_positive, check_range, param, stable_hash, to_dict
+from .data import check_text_fields
 from .errors import AlignbenchError, ConfigError
 from .evaluation import SampledTaskEnv
 
@@ -711,15 +713,25 @@ class DatasetPairsTask(PresetTask):
     def to_pair(self, row: dict[str, Any]) -> tuple[str, str, str] | None:
         raise NotImplementedError
 
+    def text_fields(self, row: dict[str, Any]) -> tuple[str, ...]:
+        """Fields of ``row`` that must hold text: a missing (null) or non-text one is a one-line error
+        naming the row and field, never a silent drop or a cast."""
+        return ()
+
     def _pairs(self, which: str, ctx: PresetContext, limit: int, seed: int) -> dict[str, list]:
         cfg = self.config
         ds = self.split(which)
         split = cfg.train_split if which == "train" else cfg.eval_split
         triples = []
-        for row in ds:
+        for i, row in enumerate(ds):
+            check_text_fields(row, self.text_fields(row), where=f"dataset '{cfg.dataset}' split '{split}' row {i}")
             t = self.to_pair(row)
             if t is not None and t[0].strip() and t[1].strip() and t[2].strip() and t[1] != t[2]:
                 triples.append(t)
+        if len(triples) < len(ds):  # rows the task's format skips by design (documented per task): counted
+            print(f"alignbench: dataset '{cfg.dataset}' split '{split}': skipped {len(ds) - len(triples)} of "
+                  f"{len(ds)} rows that give no usable pair (empty, identical or unsplittable texts)",
+                  file=sys.stderr, flush=True)
         if not triples:
             raise AlignbenchError(f"dataset: no usable pairs in '{cfg.dataset}' split '{split}' "
                                   f"(columns: {', '.join(ds.column_names)})")
