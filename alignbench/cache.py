@@ -92,12 +92,16 @@ def _lock_path(folder: Path) -> Path:
     return folder.parent / f".{folder.name}.lock"
 
 
-def clean_stale(parent: Path) -> None:
-    """Remove ``.<name>.tmp-*`` folders of killed builds (those whose entry lock nobody holds)."""
+def clean_stale(parent: Path, held: str = "") -> None:
+    """Remove ``.<name>.tmp-*`` folders of killed builds: those of entry ``held`` (whose lock the caller
+    holds) and those whose entry lock nobody holds."""
     if not parent.is_dir():
         return
     for tmp in parent.glob(".*.tmp-*"):
         name = tmp.name[1:].rsplit(".tmp-", 1)[0]
+        if name == held:
+            shutil.rmtree(tmp, ignore_errors=True)
+            continue
         with io.file_lock(parent / f".{name}.lock", blocking=False) as got:
             if got:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -119,7 +123,7 @@ def entry(folder: str | Path, build: Callable[[Path], None], *, what: str) -> bo
         why = problem(folder)
         if why is not None:
             notice(f"cache: {what} at {folder} {why}; rebuilding it")
-        clean_stale(folder.parent)
+        clean_stale(folder.parent, held=folder.name)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
         try:
             os.chmod(tmp, 0o777 & ~io._umask())  # mkdtemp makes 0700: follow the user's umask
