@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", help="parallel worker processes (one run per GPU, or CPU workers); default 1")
     sw.add_argument("--executor", help="local (default) or ray")
     sw.add_argument("--ray-address", help="Ray cluster address for --executor ray (default: a local Ray instance)")
-    sw.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sw.add_argument("--no-progress", action="store_true", help="hide per-step progress bars (the one-line run starts and ends stay; "
+                                                               "ALIGNBENCH_QUIET=1 hides them too)")
 
     rp = sub.add_parser("report", help="rebuild DIR/report.md and its figures from the files in DIR")
     rp.add_argument("dir", help="results folder written by `alignbench sweep`")
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_fields_help() -> str:
     """The TrainConfig fields with their defaults and help, generated from the dataclass."""
+    import textwrap
     from dataclasses import fields
 
     from .config import TrainConfig
@@ -115,7 +117,8 @@ def _train_fields_help() -> str:
     lines = ["training fields (--train-arg FIELD=VALUE; tasks set their own defaults, shown by `alignbench list "
              "--verbose`):"]
     for f in fields(TrainConfig):
-        lines.append(f"  {f.name} = {f.default!r}: {f.metadata.get('help', '')}")
+        lines.append(textwrap.fill(f"{f.name} = {f.default!r}: {f.metadata.get('help', '')}", 100,
+                                   initial_indent="  ", subsequent_indent="      "))
     lines.append("exit status: 0 every run ok; 1 some run failed (count printed, reasons in summary.csv); "
                  "2 bad input (one line on stderr, nothing written); 130 interrupted (rerun the same command "
                  "to resume)")

@@ -236,7 +236,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 class TrainConfig:
     """Optimisation settings shared by every method (tasks supply defaults; the sweep may override)."""
 
-    steps: int = param(200, "optimizer steps per run (PPO: policy-update iterations)")
+    steps: int = param(200, "optimizer steps per run; methods counted in iterations (PPO) run this many "
+                                 "iterations unless their own `iterations` field is set")
     batch_size: int = param(32, "examples (pairs, or unpaired rows) per optimizer step")
     lr: float = param(1e-3, "peak learning rate of AdamW")
     warmup_steps: int = param(10, "linear learning-rate warmup steps (DPO paper: 150 at its scale)")

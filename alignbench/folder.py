@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -110,3 +111,26 @@ class Progress:
         facts = "".join(f" {m}={row[m]:.4g}" for m in ("kl", "reward") if isinstance(row.get(m), (int, float)))
         why = f" ({row.get('reason')})" if row.get("status") != "ok" and row.get("reason") else ""
         self.say(f"[{k or self.k}/{self.total}] {row.get('status')} {run_id} in {float(wall):.1f}s{facts}{why}")
+
+
+def merge_grids(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Union of two sweep.json grids (task -> "method (axis)" -> values), old values first."""
+    out = {t: {k: list(v) for k, v in g.items()} for t, g in old.items()}
+    for t, g in new.items():
+        for k, values in g.items():
+            have = out.setdefault(t, {}).setdefault(k, [])
+            have.extend(v for v in values if v not in have)
+    return out
+
+
+def environment_facts(device: Any) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "transformers", "datasets", "trl", "accelerate", "numpy", "vaderSentiment"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "device": str(device),
+            "cpu_count": os.cpu_count(), "versions": versions}

@@ -6,8 +6,6 @@ Everything is validated before anything is written, so bad input leaves the resu
 from __future__ import annotations
 
 import os
-import platform
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +18,7 @@ from .api import Method, Task
 from .config import (TrainConfig, check_choice, check_int, from_mapping, load_yaml, param, stable_hash,
                      to_dict)
 from .errors import AlignbenchError, ConfigError
+from .folder import environment_facts
 from .registry import get_method, get_task, load_plugins, methods as all_methods
 from .distributed import is_main_process, world_size
 from .runner import RunSpec, configure_threads, execute, summary_frame
@@ -207,19 +206,6 @@ def _field_names(cls: type) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------ running
-
-
-def environment_facts(device: Any) -> dict[str, Any]:
-    import importlib.metadata as md
-
-    versions = {}
-    for pkg in ("torch", "transformers", "datasets", "trl", "accelerate", "numpy", "vaderSentiment"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "device": str(device),
-            "cpu_count": os.cpu_count(), "versions": versions}
 
 
 _ENVS: dict[tuple[str, str, str], Any] = cache.memo("task envs")  # every run of a task shares one env
@@ -410,22 +396,13 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
         io.write_json(out / "sweep.json", {
             **record,
             "runs": order,
-            "grids": _merge_grids(previous.get("grids", {}), _grids(the_plan)),
+            "grids": folder.merge_grids(previous.get("grids", {}), _grids(the_plan)),
             "tasks": {**previous.get("tasks", {}), **task_facts},
             "environment": environment_facts(device),
             "wall_s": round(time.perf_counter() - t0, 1),
         })
         write_report(out)
     return summary
-
-
-def _merge_grids(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    out = {t: {k: list(v) for k, v in g.items()} for t, g in old.items()}
-    for t, g in new.items():
-        for k, values in g.items():
-            have = out.setdefault(t, {}).setdefault(k, [])
-            have.extend(v for v in values if v not in have)
-    return out
 
 
 def _grids(p: Plan) -> dict[str, dict[str, list[float]]]:

@@ -259,3 +259,39 @@ def test_gao_fit_needs_parameters_plus_two_points():
     assert D.fit_gao_bon(kl, r, 0.0).n == 4
     with pytest.raises(ValueError, match="too few points"):
         D.fit_gao_bon(kl, r, None)  # 4 points, 3 parameters (intercept fitted)
+
+
+def _readme_sweeps() -> list[list[str]]:
+    """The `alignbench sweep` examples of README's Command line section that write to the default --out."""
+    text = (ROOT / "README.md").read_text().split("## Command line", 1)[1].split("```", 2)[1]
+    cmds = [line.split("#", 1)[0].split() for line in text.splitlines() if line.startswith("alignbench sweep")]
+    return [c[1:] for c in cmds if "--out" not in c]
+
+
+def test_readme_examples_leave_the_committed_results_byte_identical(tmp_path, monkeypatch, capsys):
+    """Run from a copy of the repository root: the examples that would write to results/default either
+    find their runs complete (a part of the folder's sweep: nothing written) or are refused (another
+    sweep); every file of results/default keeps its bytes."""
+    import hashlib
+    import shutil
+
+    shutil.copytree(ROOT / "results" / "default", tmp_path / "results" / "default")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ALIGNBENCH_CACHE", raising=False)
+
+    def hashes():
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = hashes()
+    examples = _readme_sweeps()
+    assert len(examples) >= 4 and ["sweep", "--config", "configs/default.yaml"] in examples
+    codes = []
+    for args in examples + [["sweep"]]:
+        codes.append(main(args))
+        err = capsys.readouterr().err
+        assert codes[-1] in (0, 2) and "Traceback" not in err, (args, err)
+        assert hashes() == before, args
+    assert 2 in codes  # refused: another sweep
+    if not torch.cuda.is_available():  # (on CUDA every run id differs from the committed CPU ones)
+        assert 0 in codes  # a part of the folder's sweep: nothing to do
