@@ -10,6 +10,7 @@
   next build in the same cache folder.
 * Single-file entries (reference log-probs) use :func:`tensors`: ``io.save_tensors`` sidecars, the same
   notice and rebuild on mismatch.
+* Builds run with one torch thread, so an entry's bits do not depend on the caller's thread count.
 * :func:`memo` gives a process-global dict registered here; :func:`clear` empties every memo (what a fresh
   process would not have), e.g. between benchmark repetitions.
 """
@@ -107,6 +108,20 @@ def clean_stale(parent: Path, held: str = "") -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Builds run with one torch thread: an entry's bits must not depend on the caller's thread count
+    (a reduction over 2 threads rounds differently), since its key does not name it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def entry(folder: str | Path, build: Callable[[Path], None], *, what: str) -> bool:
     """Make ``folder`` a complete, verified entry, calling ``build(tmp)`` when it is missing or damaged.
 
@@ -127,7 +142,8 @@ def entry(folder: str | Path, build: Callable[[Path], None], *, what: str) -> bo
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
         try:
             os.chmod(tmp, 0o777 & ~io._umask())  # mkdtemp makes 0700: follow the user's umask
-            build(tmp)
+            with _one_thread():
+                build(tmp)
             write_manifest(tmp)
             if folder.exists():
                 shutil.rmtree(folder)
@@ -149,7 +165,8 @@ def tensors(path: str | Path, build: Callable[[], dict[str, Any]], *, what: str)
             return cached
         if path.exists():
             notice(f"cache: {what} at {path} fails its sha256 check; rebuilding it")
-        out = build()
+        with _one_thread():
+            out = build()
         io.save_tensors(path, out)
         return out
 
