@@ -177,10 +177,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if not is_main_process():
         return 0
-    n_ok = int((summary["status"] == "ok").sum()) if len(summary) else 0
-    failed = len(summary) - n_ok
-    print(f"{n_ok}/{len(summary)} runs ok" + (f", {failed} failed (reasons in summary.csv)" if failed else "")
-          + f"; report: {cfg.out}/report.md")
+    mine = summary[summary["run_id"].isin(summary.attrs["plan"])] if len(summary) else summary
+    n_ok = int((mine["status"] == "ok").sum()) if len(mine) else 0
+    failed = len(mine) - n_ok
+    others = f" ({len(summary) - len(mine)} more runs of the folder in summary.csv)" if len(summary) > len(mine) else ""
+    print(f"{n_ok}/{len(mine)} runs ok" + (f", {failed} failed (reasons in summary.csv)" if failed else "")
+          + f"{others}; report: {cfg.out}/report.md")
     return 1 if failed else 0
 
 

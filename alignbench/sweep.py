@@ -380,6 +380,7 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
         recorded = folder.recorded_runs(out) or []
         order = list(dict.fromkeys(recorded + [s.run_id for s in the_plan.specs]))
         summary = summary_frame(folder.completed_rows(out, order))
+        summary.attrs["plan"] = [s.run_id for s in the_plan.specs]  # this sweep's runs (the CLI counts them)
         text = summary.to_csv(index=False)
         unchanged = (not pending and (out / "summary.csv").exists() and (out / "summary.csv").read_text() == text
                      and (out / "report.md").exists() and set(order) == set(recorded))
