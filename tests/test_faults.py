@@ -119,7 +119,7 @@ def comparable(path):
     return pd.read_csv(path).drop(columns=["wall_s"])
 
 
-def test_truncated_summary_json_is_redone_with_a_notice(tmp_path, cache_dir, capsys, monkeypatch):
+def test_truncated_summary_json_is_redone_and_another_sweep_needs_force(tmp_path, cache_dir, capsys, monkeypatch):
     out = tmp_path / "res"
     args = sweep_args(out, cache_dir, methods="dpo,kto", betas="0.3")
     assert main(args) == 0
@@ -135,6 +135,21 @@ def test_truncated_summary_json_is_redone_with_a_notice(tmp_path, cache_dir, cap
     assert "[1/1] ok " + victim.parent.name in captured.out
     pd.testing.assert_frame_equal(comparable(out / "summary.csv"), before)
     assert json.loads(victim.read_text())["status"] == "ok"
+
+    # another sweep into this folder is refused (nothing written); with --force its runs join the folder's
+    other = sweep_args(out, cache_dir, methods="ipo", betas="0.3")
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(other) == 2
+    assert "holds the results of another sweep" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert main(other + ["--force"]) == 0
+    assert "1/1 runs ok (2 more runs of the folder in summary.csv)" in capsys.readouterr().out
+    s = pd.read_csv(out / "summary.csv")
+    assert list(s["method"]) == ["dpo", "kto", "ipo"]  # the folder's runs first, then the added one
+    record = json.loads((out / "sweep.json").read_text())
+    assert len(record["runs"]) == 3 and record["added"][0]["methods"] == ["ipo"]
+    assert record["config"]["methods"] == ["dpo", "kto"]
+    assert main(args) == 0  # the first sweep's command still resumes there (its runs are the folder's)
 
 
 FAILS = '''
