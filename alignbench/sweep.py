@@ -223,7 +223,7 @@ def _run_locked(cfg: SweepConfig, spec: RunSpec, method: Method, env_fn: Any, de
     """Run ``spec`` unless it is complete or (``blocking`` False) another process holds its lock (then None).
     With ``blocking``, wait for that process and read its summary (or run it, if that process died)."""
     run_dir = Path(cfg.out) / "runs" / spec.run_id
-    done = folder.read_summary(run_dir)
+    done = folder.read_summary(run_dir, warn=False)  # (run_sweep has reported unreadable ones)
     if done is not None:
         return done
     if not is_main_process():  # data-parallel launch: the main process holds the lock, the others follow it
