@@ -36,19 +36,25 @@ def _grid(items: list[str] | None) -> dict[str, list[Any]]:
         if "=" not in item:
             raise AlignbenchError(f"--grid: expected METHOD=V1,V2,..., got '{item}'")
         name, raw = item.split("=", 1)
-        out[name] = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+        out[name] = [yaml.safe_load(v) for v in _csv(raw, f"--grid {name}") or []]
     return out
 
 
-def _csv(s: str | None) -> list[str] | None:
-    return None if s is None else [x.strip() for x in s.split(",") if x.strip()]
+def _csv(s: str | None, flag: str = "") -> list[str] | None:
+    """Comma-separated values; an explicitly empty list (``--methods ,``) is an error, not the default."""
+    if s is None:
+        return None
+    vals = [x.strip() for x in s.split(",") if x.strip()]
+    if not vals and flag:
+        raise AlignbenchError(f"{flag}: empty list (omit the flag for the default)")
+    return vals
 
 
 def _numbers(s: str | None, flag: str) -> list[Any] | None:
     if s is None:
         return None
     vals = []
-    for x in _csv(s) or []:
+    for x in _csv(s, flag) or []:
         try:
             vals.append(float(x) if any(c in x.lower() for c in ".en") else int(x))
         except ValueError:
@@ -66,16 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--plugins", help="extra plugin files or folders (comma-separated)")
 
     sw = sub.add_parser("sweep", help="train every method over its sweep grid and write a report",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Run (or resume) a sweep. Completed runs in --out are skipped. Flags override "
-                                    "the fields of --config.")
+                                    "the fields of --config.\nMethod and task fields (--method-arg, --task-arg): "
+                                    "`alignbench list --verbose`.",
+                        epilog=_train_fields_help())
     sw.add_argument("--config", help="YAML file with SweepConfig fields (tasks, methods, betas, grid, seeds, ...)")
     sw.add_argument("--task", "--tasks", dest="tasks", help="comma-separated tasks (default: exact)")
     sw.add_argument("--methods", help="comma-separated methods (default: the task's default set)")
     sw.add_argument("--betas", help="comma-separated beta grid for every beta-swept method")
     sw.add_argument("--grid", action="append", metavar="METHOD=V1,V2", help="grid of one method's sweep axis (repeatable), e.g. bon=1,4,16")
     sw.add_argument("--seeds", help="comma-separated seeds (default: 0)")
-    sw.add_argument("--steps", help="optimizer steps per run (default: the task's)")
-    sw.add_argument("--out", help="results folder (default: results/default)")
+    sw.add_argument("--steps", help="training budget of every run: optimizer steps, or iterations for methods "
+                                    "counted in iterations (ppo, ppo-gt; an explicit --method-arg ppo.iterations "
+                                    "wins); best-of-N has none (default: the task's)")
+    sw.add_argument("--out", help="results folder (default: results/default); a folder made by another sweep "
+                                  "(sweep.json) is refused unless --force")
+    sw.add_argument("--force", action="store_true", help="add this sweep's runs to a folder made by another sweep")
     sw.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     sw.add_argument("--cache-dir", help="cache folder (default: .cache/alignbench or $ALIGNBENCH_CACHE)")
     sw.add_argument("--method-arg", action="append", metavar="METHOD.FIELD=VALUE", help="method config field (repeatable)")
@@ -87,11 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--runs-per-gpu", help="local workers placed on each GPU (round-robin); default 1")
     sw.add_argument("--executor", help="local (default) or ray")
     sw.add_argument("--ray-address", help="Ray cluster address for --executor ray (default: a local Ray instance)")
-    sw.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sw.add_argument("--no-progress", action="store_true", help="hide per-step progress bars (the one-line run starts and ends stay; "
+                                                               "ALIGNBENCH_QUIET=1 hides them too)")
 
     rp = sub.add_parser("report", help="rebuild DIR/report.md and its figures from the files in DIR")
     rp.add_argument("dir", help="results folder written by `alignbench sweep`")
     return p
+
+
+def _train_fields_help() -> str:
+    """The TrainConfig fields with their defaults and help, generated from the dataclass."""
+    import textwrap
+    from dataclasses import fields
+
+    from .config import TrainConfig
+
+    lines = ["training fields (--train-arg FIELD=VALUE; tasks set their own defaults, shown by `alignbench list "
+             "--verbose`):"]
+    for f in fields(TrainConfig):
+        lines.append(textwrap.fill(f"{f.name} = {f.default!r}: {f.metadata.get('help', '')}", 100,
+                                   initial_indent="  ", subsequent_indent="      "))
+    lines.append("exit status: 0 every run ok; 1 some run failed (count printed, reasons in summary.csv); "
+                 "2 bad input (one line on stderr, nothing written); 130 interrupted (rerun the same command "
+                 "to resume)")
+    return "\n".join(lines)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -118,12 +150,12 @@ def cmd_list(args: argparse.Namespace) -> None:
                 print(f"      {f.name} = {default!r}: {f.metadata.get('help', '')}")
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
+def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import load_sweep_config, run_sweep
 
     overrides: dict[str, Any] = {
-        "tasks": _csv(args.tasks), "methods": _csv(args.methods), "betas": _numbers(args.betas, "--betas"),
-        "seeds": _numbers(args.seeds, "--seeds"), "steps": args.steps, "out": args.out, "device": args.device,
+        "tasks": _csv(args.tasks, "--task"), "methods": _csv(args.methods, "--methods"),
+        "betas": _numbers(args.betas, "--betas"), "seeds": _numbers(args.seeds, "--seeds"), "steps": args.steps, "out": args.out, "device": args.device,
         "cache_dir": args.cache_dir or os.environ.get("ALIGNBENCH_CACHE"),
         "report_to": _csv(args.report_to), "plugins": _csv(args.plugins),
         "workers": args.workers, "runs_per_gpu": args.runs_per_gpu, "executor": args.executor, "ray_address": args.ray_address,
@@ -138,14 +170,21 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         overrides["train_args"] = _kv(args.train_arg, "--train-arg", nested=False)
     if args.no_progress:
         overrides["progress"] = False
+    if args.force:
+        overrides["force"] = True
     cfg = load_sweep_config(args.config, overrides)
     summary = run_sweep(cfg)
     from .distributed import is_main_process
 
     if not is_main_process():
-        return
-    n_ok = int((summary["status"] == "ok").sum()) if len(summary) else 0
-    print(f"{n_ok}/{len(summary)} runs ok; report: {cfg.out}/report.md")
+        return 0
+    mine = summary[summary["run_id"].isin(summary.attrs["plan"])] if len(summary) else summary
+    n_ok = int((mine["status"] == "ok").sum()) if len(mine) else 0
+    failed = len(mine) - n_ok
+    others = f" ({len(summary) - len(mine)} more runs of the folder in summary.csv)" if len(summary) > len(mine) else ""
+    print(f"{n_ok}/{len(mine)} runs ok" + (f", {failed} failed (reasons in summary.csv)" if failed else "")
+          + f"{others}; report: {cfg.out}/report.md")
+    return 1 if failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -160,14 +199,18 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_transformers()
     try:
-        {"list": cmd_list, "sweep": cmd_sweep, "report": cmd_report}[args.command](args)
+        return {"list": cmd_list, "sweep": cmd_sweep, "report": cmd_report}[args.command](args) or 0
     except AlignbenchError as e:
         print(f"alignbench: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a folder made read-only or removed under a running sweep, a full disk, ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"alignbench: error: {where}{e.strerror or type(e).__name__}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("alignbench: interrupted", file=sys.stderr)
+        print("alignbench: interrupted; rerun the same command to resume (completed runs are kept, "
+              "interrupted ones continue from their last checkpoint)", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

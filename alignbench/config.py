@@ -220,7 +220,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError("config", f"file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError("config", f"{p} is not UTF-8 text (byte {e.start}); a YAML file is expected") from None
     except yaml.YAMLError as e:
         raise ConfigError("config", f"{p} is not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:
@@ -234,7 +236,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 class TrainConfig:
     """Optimisation settings shared by every method (tasks supply defaults; the sweep may override)."""
 
-    steps: int = param(200, "optimizer steps per run (PPO: policy-update iterations)")
+    steps: int = param(200, "optimizer steps per run; methods counted in iterations (PPO) run this many "
+                                 "iterations unless their own `iterations` field is set")
     batch_size: int = param(32, "examples (pairs, or unpaired rows) per optimizer step")
     lr: float = param(1e-3, "peak learning rate of AdamW")
     warmup_steps: int = param(10, "linear learning-rate warmup steps (DPO paper: 150 at its scale)")

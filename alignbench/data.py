@@ -56,6 +56,17 @@ def validate_rows(ds: Any, fmt: str, *, split: str = "train") -> None:
                 raise DataError(f"{split} row {i}: field '{key}' must be true or false, got {v!r}")
 
 
+def check_text_fields(row: dict[str, Any], keys: Any, *, where: str) -> None:
+    """DataError naming ``where`` (the row) and the field when a field is missing (null) or not text
+    (a string, or a list of chat messages); a malformed row is never dropped or cast silently."""
+    for key in keys:
+        v = row.get(key)
+        if v is None:
+            raise DataError(f"{where}: field '{key}' is missing")
+        if not isinstance(v, (str, list)):
+            raise DataError(f"{where}: field '{key}' must be text, got {v!r}")
+
+
 def unpair(ds: Any) -> Any:
     """Paired rows -> unpaired rows: chosen -> desirable, rejected -> undesirable (the same data, for KTO)."""
     from datasets import Dataset

@@ -14,10 +14,17 @@ from typing import Any, Iterator
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; result files follow the user's umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -114,6 +121,26 @@ def append_line(path: str | Path, line: str) -> None:
         os.close(fd)
 
 
+def unwritable(folder: str | Path) -> str | None:
+    """Why files cannot be created in ``folder`` (None when they can): a probe file is created and deleted
+    in the nearest existing ancestor, so nothing is left behind and no setup work is wasted."""
+    p = Path(folder).absolute()
+    probe_dir = p
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        return f"{probe_dir} is not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(dir=probe_dir, prefix=".alignbench-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot write in {probe_dir} ({e.strerror or type(e).__name__})"
+    return None
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -151,18 +178,26 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor] | None:
 
 @contextlib.contextmanager
 def file_lock(path: str | Path, blocking: bool = True) -> Iterator[bool]:
-    """An advisory lock (fcntl) held for the block; yields False when non-blocking and already held."""
+    """An advisory lock (fcntl) held for the block; yields False when non-blocking and already held.
+
+    ``path`` may be an existing folder: the folder itself is locked and no lock file is created."""
     import fcntl
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    if path.is_dir():
+        fd = os.open(path, os.O_RDONLY)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             yield False
             return
         try:
             yield True
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

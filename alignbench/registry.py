@@ -34,11 +34,21 @@ _discovered = False
 _loaded_paths: set[str] = set()
 
 
+def _source(cls: type) -> str:
+    """Where a class was defined: its module's file (resolved), else its module name."""
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None)
+    return str(Path(path).resolve()) if path else cls.__module__
+
+
 def _register(table: dict[str, type], kind: str, name: str) -> Callable[[T], T]:
     def deco(cls: T) -> T:
         existing = table.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise AlignbenchError(f"{kind} '{name}' is registered twice ({existing.__module__} and {cls.__module__})")
+        # the same class from the same file again (a module imported twice, a reload) replaces itself;
+        # anything else under a taken name is refused, naming both sources
+        if existing is not None and (existing.__qualname__ != cls.__qualname__ or _source(existing) != _source(cls)):
+            raise AlignbenchError(f"{kind} '{name}' is registered twice: {existing.__qualname__} in {_source(existing)} "
+                                  f"and {cls.__qualname__} in {_source(cls)}")
         cls.name = name
         table[name] = cls
         return cls
@@ -73,7 +83,22 @@ def _load_file(path: Path) -> None:
         raise AlignbenchError(f"plugins: cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except AlignbenchError:
+        sys.modules.pop(mod_name, None)
+        raise
+    except SyntaxError as e:
+        sys.modules.pop(mod_name, None)
+        raise AlignbenchError(f"plugins: {path}:{e.lineno}: syntax error ({e.msg})") from None
+    except Exception as e:  # noqa: BLE001 - a failing import is the user's file: name it and its line
+        sys.modules.pop(mod_name, None)
+        import traceback
+
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+        line = f":{frames[-1].lineno}" if frames else ""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise AlignbenchError(f"plugins: {path}{line}: {type(e).__name__}: {first}"[:300]) from None
     _loaded_paths.add(key)
 
 

@@ -13,10 +13,10 @@ Scores are read at the last real token of each sequence, located with the attent
 position ids are computed from the attention mask, so left- and right-padded batches score the same.
 
 :func:`get_reward_model` trains one RM per (task fingerprint, seed, RM config), stores it under
-``cache_dir/reward_models/<key>/`` (``save_pretrained`` safetensors + ``metrics.json``, written in a
-temporary folder and moved into place with ``os.replace``, under a file lock so that two processes
-never train it twice), loads it afterwards, and memoises it in-process so that every PPO and
-best-of-N run of a sweep shares one copy.
+``cache_dir/reward_models/<key>/`` (``save_pretrained`` safetensors + ``metrics.json``, through the cache
+service :mod:`alignbench.cache`: built once under a file lock, every file checked by sha256 before use and
+retrained when damaged), loads it afterwards, and memoises it in-process so that every PPO and best-of-N
+run of a sweep shares one copy.
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +32,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import io
+from . import cache, io
 from .config import check_int, check_nonnegative, check_positive, from_mapping, param, stable_hash, to_dict
 from .errors import AlignbenchError
 from .models import fast_kernels, quiet
 from .optim import clip_gradients, make_optimizer, warmup_schedule
 
 SCORE_CHUNK = 256
-_MEMO: dict[tuple[str, str], "RewardModel"] = {}
+_MEMO: dict[tuple[str, str], "RewardModel"] = cache.memo("reward models by (key, device)")
 
 
 @dataclass(frozen=True)
@@ -215,14 +212,17 @@ def get_reward_model(env, cache_dir: str | Path, seed: int, device: torch.device
     memo_key = (key, str(device))
     if memo_key in _MEMO:
         return _MEMO[memo_key]
-    root = Path(cache_dir) / "reward_models"
-    final = root / key
-    with io.file_lock(root / f"{key}.lock"):
-        rm = _load(final, env, device, key, cfg)
-        if rm is None:
-            if final.exists():  # a broken folder (never produced by this code, but possible after a crash)
-                shutil.rmtree(final, ignore_errors=True)
-            rm = _train_and_save(env, final, seed, device, cfg, key, show_progress)
+    final = Path(cache_dir) / "reward_models" / key
+    trained: list[RewardModel] = []
+
+    def build(tmp: Path) -> None:
+        trained.append(_train_and_save(env, tmp, seed, device, cfg, key, show_progress))
+
+    if cache.entry(final, build, what="reward model"):
+        rm = trained[0]
+        rm.path = final
+    else:
+        rm = _load(final, device, key, cfg)
     _MEMO[memo_key] = rm
     return rm
 
@@ -231,17 +231,13 @@ def clear_memo() -> None:
     _MEMO.clear()
 
 
-def _load(folder: Path, env, device: torch.device, key: str, cfg: RewardModelConfig) -> RewardModel | None:
-    if not (folder / "metrics.json").is_file():
-        return None
-    try:
-        from transformers import AutoModelForSequenceClassification
+def _load(folder: Path, device: torch.device, key: str, cfg: RewardModelConfig) -> RewardModel:
+    """A verified cache entry (:func:`alignbench.cache.entry` checked every file) -> RewardModel."""
+    from transformers import AutoModelForSequenceClassification
 
-        with quiet():
-            model = AutoModelForSequenceClassification.from_pretrained(str(folder))
-        metrics = io.read_json(folder / "metrics.json")
-    except Exception:  # noqa: BLE001 - a corrupted cache entry is retrained, never trusted
-        return None
+    with quiet():
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    metrics = io.read_json(folder / "metrics.json")
     model.to(device)
     _freeze(model)
     metrics = {**metrics, "cached": True}
@@ -263,16 +259,9 @@ def _train_and_save(env, final: Path, seed: int, device: torch.device, cfg: Rewa
         if cfg.gold_corr_samples > 0 and getattr(env, "has_gold_reward", False):
             metrics["gold_corr"] = gold_correlation(model, env, cfg.gold_corr_samples, seed)
     metrics = {**metrics, "key": key, "config": to_dict(cfg), "fingerprint": env.fingerprint, "seed": int(seed)}
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}."))
-    try:
-        with quiet():
-            model.save_pretrained(tmp)
-        io.write_json(tmp / "metrics.json", metrics)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with quiet():
+        model.save_pretrained(final)
+    io.write_json(final / "metrics.json", metrics)
     _freeze(model)
     return RewardModel(model=model, metrics={**metrics, "cached": False}, key=key, path=final, config=cfg)
 

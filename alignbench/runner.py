@@ -38,6 +38,17 @@ def configure_threads(device: torch.device) -> None:
         torch.set_num_threads(1)
 
 
+DEFAULT_NUMERICS = {"device": "cpu", "threads": 1}
+
+
+def numerics(device: torch.device) -> dict[str, Any]:
+    """What changes a run's floating-point results besides its config: the device type and the number of
+    torch threads (a reduction split over 2 threads rounds differently: KL moved by ~6e-6). Recorded in
+    the resolved config and, where it differs from the default (CPU, 1 thread), hashed into the run id;
+    precision is a TrainConfig field and hashed with it."""
+    return {"device": device.type, "threads": int(torch.get_num_threads())}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -55,17 +66,23 @@ class RunSpec:
     task_config: Any
     train: TrainConfig
     run_id: str = ""
+    numerics: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_NUMERICS))
 
     def identity(self) -> dict[str, Any]:
-        """What the run id hashes: task, method, seed and every config field that differs from its default."""
-        return {"task": self.task, "method": self.method, "seed": self.seed,
-                "method_config": non_default(self.method_config), "task_config": non_default(self.task_config),
-                "train": non_default(self.train)}
+        """What the run id hashes: task, method, seed, every config field that differs from its default,
+        and the numerics (device type, torch threads) where they differ from CPU with one thread."""
+        ident = {"task": self.task, "method": self.method, "seed": self.seed,
+                 "method_config": non_default(self.method_config), "task_config": non_default(self.task_config),
+                 "train": non_default(self.train)}
+        changed = {k: v for k, v in self.numerics.items() if DEFAULT_NUMERICS.get(k) != v}
+        if changed:
+            ident["numerics"] = changed
+        return ident
 
     def resolved(self) -> dict[str, Any]:
         return {"task": self.task, "method": self.method, "seed": self.seed,
                 "method_config": to_dict(self.method_config), "task_config": to_dict(self.task_config),
-                "train": to_dict(self.train)}
+                "train": to_dict(self.train), "numerics": {**self.numerics, "precision": self.train.precision}}
 
 
 class MetricsLogger:
@@ -209,6 +226,8 @@ def summarize(spec: RunSpec, ctx: RunContext | None, status: str, reason: str, w
         "sweep_value": float(getattr(spec.method_config, ctx.method.sweep_param)) if ctx else float("nan"),
         "seed": spec.seed, "status": status, "reason": reason, "steps": steps, "wall_s": round(wall, 2),
     }
+    if status != "ok":  # a failed run has no results: its metric columns stay empty (no step-0 values)
+        return row
     for col, key in SUMMARY_KEYS.items():
         if key in metrics:
             row[col] = metrics[key]

@@ -6,8 +6,6 @@ Everything is validated before anything is written, so bad input leaves the resu
 from __future__ import annotations
 
 import os
-import platform
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,11 +13,12 @@ from typing import Any
 
 import pandas as pd
 
-from . import io
+from . import cache, folder, io
 from .api import Method, Task
 from .config import (TrainConfig, check_choice, check_int, from_mapping, load_yaml, param, stable_hash,
                      to_dict)
 from .errors import AlignbenchError, ConfigError
+from .folder import environment_facts
 from .registry import get_method, get_task, load_plugins, methods as all_methods
 from .distributed import is_main_process, world_size
 from .report.schema import RUN_SUMMARY, RUNS, SUMMARY_CSV, SWEEP_JSON, summary_frame
@@ -54,6 +53,7 @@ class SweepConfig:
                                  "docs/performance.md)")
     executor: str = param("local", "local (this machine) or ray (one task per run on a Ray cluster; alignbench[ray])")
     ray_address: str = param("", "Ray cluster address for executor=ray ('' starts a local Ray instance)")
+    force: bool = param(False, "add this sweep's runs to a results folder made by a different sweep (sweep.json)")
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -62,6 +62,8 @@ class SweepConfig:
             from .config import check_positive
 
             check_positive(f"betas[{i}]", b)
+        for name in ("tasks", "methods", "betas", "seeds"):
+            _no_repeats(name, getattr(self, name))
         for i, s in enumerate(self.seeds):
             check_int(f"seeds[{i}]", s, 0)
         if self.steps is not None:
@@ -82,6 +84,15 @@ class SweepConfig:
             for k, v in getattr(self, section).items():
                 if section != "grid" and not isinstance(v, dict):
                     raise ConfigError(f"{section}.{k}", "must be a mapping of fields")
+
+
+def _no_repeats(name: str, values: Any) -> None:
+    """Repeated values would list the same run twice: refused (one line naming the field and value)."""
+    seen: list[Any] = []
+    for i, v in enumerate(values):
+        if v in seen:
+            raise ConfigError(f"{name}[{i}]", f"{v!r} is listed twice")
+        seen.append(v)
 
 
 def load_sweep_config(path: str | None, overrides: dict[str, Any]) -> SweepConfig:
@@ -126,16 +137,27 @@ def _compatible(method_cls: type[Method], task_cls: type[Task]) -> str | None:
 
 def plan(cfg: SweepConfig) -> Plan:
     """Resolve every run of the sweep (configs built and validated; nothing written)."""
+    from .models import select_device
+    from .runner import numerics
+
     load_plugins(list(cfg.plugins))
     for name in cfg.tasks:
         get_task(name)
-    for name in cfg.grid:
-        get_method(name)
-    for name in cfg.method_args:
-        get_method(name)
+    for section in ("grid", "method_args"):
+        for name in getattr(cfg, section):
+            get_method(name)
     for name in cfg.task_args:
         if name not in cfg.tasks:
             raise ConfigError(f"task_args.{name}", f"task '{name}' is not in tasks {list(cfg.tasks)}")
+    swept = {m for t in cfg.tasks for m in _method_names(cfg, get_task(t))}
+    for section in ("grid", "method_args"):
+        for name in getattr(cfg, section):
+            if name not in swept:
+                raise ConfigError(f"{section}.{name}", f"method '{name}' is not in this sweep's methods {sorted(swept)}")
+    device = select_device(cfg.device)
+    configure_threads(device)
+    facts = numerics(device)
+    budget = cfg.steps if cfg.steps is not None else cfg.train_args.get("steps")
     tasks: dict[str, Task] = {}
     specs: list[RunSpec] = []
     methods: dict[str, Method] = {}
@@ -155,11 +177,17 @@ def plan(cfg: SweepConfig) -> Plan:
             if world_size() > 1 and method_cls.data_format == "online":
                 raise AlignbenchError(f"methods: '{mname}' is online; a data-parallel launch (WORLD_SIZE="
                                       f"{world_size()}) trains offline methods only; run it in a plain sweep")
-            margs = {**task_cls.method_defaults.get(mname, {}), **cfg.method_args.get(mname, {})}
+            user = cfg.method_args.get(mname, {})
+            margs = {**task_cls.method_defaults.get(mname, {}), **user}
+            if budget is not None and ITERATIONS in _field_names(method_cls.config_cls) and ITERATIONS not in user:
+                margs[ITERATIONS] = budget  # the user's --steps is every method's budget (over a task's default)
             axis = method_cls.sweep_param
             if mname in cfg.grid:
                 values = cfg.grid[mname]
                 values = [values] if not isinstance(values, (list, tuple)) else values
+                if not values:
+                    raise ConfigError(f"grid.{mname}", "is an empty list")
+                _no_repeats(f"grid.{mname}", values)
             elif cfg.betas and axis == "beta" and method_cls.beta_is_kl_coef:  # a KL beta grid fits KL betas only
                 values = list(cfg.betas)
             else:
@@ -170,31 +198,29 @@ def plan(cfg: SweepConfig) -> Plan:
                 mcfg = from_mapping(method_cls.config_cls, {**margs, axis: v}, where=f"method_args.{mname}")
                 for seed in cfg.seeds:
                     spec = RunSpec(task=tname, method=mname, seed=seed, method_config=mcfg,
-                                   task_config=task.config, train=train)
+                                   task_config=task.config, train=train, numerics=dict(facts))
                     value = getattr(mcfg, axis)
                     spec.run_id = f"{tname}-{mname}-{axis}{value:g}-s{seed}-{stable_hash(spec.identity(), 6)}"
+                    if spec.run_id in methods:
+                        raise ConfigError(f"grid.{mname}", f"two values give the same run {spec.run_id}")
                     specs.append(spec)
                     methods[spec.run_id] = method_cls(mcfg)
     return Plan(cfg, tasks, specs, methods)
 
 
+ITERATIONS = "iterations"  # a method config field of this name counts the run's budget in iterations (PPO)
+
+
+def _field_names(cls: type) -> set[str]:
+    from dataclasses import fields
+
+    return {f.name for f in fields(cls)}
+
+
 # ------------------------------------------------------------------------------------------ running
 
 
-def environment_facts(device: Any) -> dict[str, Any]:
-    import importlib.metadata as md
-
-    versions = {}
-    for pkg in ("torch", "transformers", "datasets", "trl", "accelerate", "numpy", "vaderSentiment"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "device": str(device),
-            "cpu_count": os.cpu_count(), "versions": versions}
-
-
-_ENVS: dict[tuple[str, str, str], Any] = {}  # per-process memo: every run of a task shares one env
+_ENVS: dict[tuple[str, str, str], Any] = cache.memo("task envs")  # every run of a task shares one env
 
 
 def _env(task: Task, cache_dir: str, device: Any) -> Any:
@@ -204,44 +230,48 @@ def _env(task: Task, cache_dir: str, device: Any) -> Any:
     return _ENVS[key]
 
 
-def _run_locked(cfg: SweepConfig, spec: RunSpec, method: Method, env_fn: Any, device: Any) -> dict[str, Any] | None:
-    """Run ``spec`` unless it is complete or another process holds its lock (then None)."""
+def _run_locked(cfg: SweepConfig, spec: RunSpec, method: Method, env_fn: Any, device: Any,
+                blocking: bool = False) -> dict[str, Any] | None:
+    """Run ``spec`` unless it is complete or (``blocking`` False) another process holds its lock (then None).
+    With ``blocking``, wait for that process and read its summary (or run it, if that process died)."""
     run_dir = Path(cfg.out) / "runs" / spec.run_id
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        return io.read_json(summary_path)
+    done = folder.read_summary(run_dir, warn=False)  # (run_sweep has reported unreadable ones)
+    if done is not None:
+        return done
     if not is_main_process():  # data-parallel launch: the main process holds the lock, the others follow it
         return execute(spec, env_fn(), method, run_dir, device=device, cache_dir=Path(cfg.cache_dir),
                        report_to=cfg.report_to, show_progress=False)
-    with io.file_lock(run_dir / ".lock", blocking=False) as got:
+    with io.file_lock(run_dir / ".lock", blocking=blocking) as got:
         if not got:  # another sweep process is running it; it writes its own summary
             return None
-        if summary_path.exists():  # finished by another process meanwhile
-            return io.read_json(summary_path)
+        done = folder.read_summary(run_dir, warn=False)  # finished by another process meanwhile
+        if done is not None:
+            return done
         return execute(spec, env_fn(), method, run_dir, device=device, cache_dir=Path(cfg.cache_dir),
                        report_to=cfg.report_to, show_progress=cfg.progress)
 
 
-def run_one(cfg_data: dict[str, Any], run_id: str) -> dict[str, Any] | None:
+def run_one(cfg_data: dict[str, Any], run_id: str, threads: int | None = None) -> dict[str, Any] | None:
     """Worker entry point (local processes, Ray tasks): re-plan the sweep (deterministic) and run one run.
 
-    The worker sets up the task itself from the shared on-disk cache (reference model, reference
-    log-probs and reward models are built once, under a file lock, by whichever worker needs them first).
+    ``threads`` is the sweep's torch thread count (part of the run id where it is not 1), set before planning
+    so that a worker computes the same numbers under the same run id. The worker sets up the task itself from
+    the shared on-disk cache (built once, under a file lock, by whichever worker needs it first).
     """
+    import torch
+
     from .models import quiet_transformers, select_device
 
     quiet_transformers()
+    if threads is not None:
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # keep plan()'s configure_threads from changing it
     cfg = from_mapping(SweepConfig, cfg_data)
     the_plan = plan(cfg)
     spec = next(s for s in the_plan.specs if s.run_id == run_id)
     device = select_device(cfg.device)
-    if not _THREADS_SET:  # a local worker pool sets its own share of the cores
-        configure_threads(device)
     task = the_plan.tasks[spec.task]
     return _run_locked(cfg, spec, the_plan.methods[run_id], lambda: _env(task, cfg.cache_dir, device), device)
-
-
-_THREADS_SET = False
 
 
 def gpu_slots(workers: int, n_gpu: int, runs_per_gpu: int) -> list[int]:
@@ -255,38 +285,36 @@ def gpu_slots(workers: int, n_gpu: int, runs_per_gpu: int) -> list[int]:
     return [i % n_gpu for i in range(min(workers, n_gpu * runs_per_gpu))]
 
 
-def _init_worker(gpu_queue: Any, threads: int) -> None:
-    """Pin a worker process to one GPU (its slot from ``gpu_slots``) or to its share of the CPU cores."""
-    import torch
-
-    global _THREADS_SET
-    _THREADS_SET = True
+def _init_worker(gpu_queue: Any) -> None:
+    """Pin a worker process to one GPU (one run per GPU at a time)."""
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
-    torch.set_num_threads(threads)
 
 
-def _execute_pending(cfg: SweepConfig, the_plan: Plan, pending: list[RunSpec]) -> dict[str, dict[str, Any] | None]:
+def _execute_pending(cfg: SweepConfig, the_plan: Plan, pending: list[RunSpec],
+                     progress: folder.Progress) -> dict[str, dict[str, Any] | None]:
     """Run pending specs with the configured executor; returns run_id -> summary (None: run elsewhere)."""
+    import torch
+
     cfg_data = to_dict(cfg)
     ids = [s.run_id for s in pending]
+    threads = torch.get_num_threads()
     if cfg.executor == "ray":
         try:
             import ray
         except ImportError:
             raise AlignbenchError("executor: 'ray' needs the ray extra (pip install 'alignbench[ray]')") from None
-        import torch
-
         if not ray.is_initialized():
             ray.init(address=cfg.ray_address or None, include_dashboard=False, log_to_driver=False)
         gpus = 1 / cfg.runs_per_gpu if (cfg.device != "cpu" and torch.cuda.is_available()) else 0
         task = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=2)(run_one)
-        return dict(zip(ids, ray.get([task.remote(cfg_data, i) for i in ids])))
+        rows = ray.get([task.remote(cfg_data, i, threads) for i in ids])
+        for k, (rid, row) in enumerate(zip(ids, rows), 1):
+            progress.end(rid, row, k)
+        return dict(zip(ids, rows))
     if cfg.workers > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
-
-        import torch
 
         ctx = mp.get_context("spawn")
         slots = gpu_slots(cfg.workers, torch.cuda.device_count() if cfg.device != "cpu" else 0, cfg.runs_per_gpu)
@@ -296,32 +324,55 @@ def _execute_pending(cfg: SweepConfig, the_plan: Plan, pending: list[RunSpec]) -
             queue = ctx.Queue()
             for g in slots:
                 queue.put(g)
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, threads)) as pool:
-            return dict(zip(ids, pool.map(run_one, [cfg_data] * len(ids), ids)))
+        out = {}
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
+            for k, (rid, row) in enumerate(zip(ids, pool.map(run_one, [cfg_data] * len(ids), ids,
+                                                             [threads] * len(ids))), 1):
+                progress.end(rid, row, k)
+                out[rid] = row
+        return out
     from .models import select_device
 
     device = select_device(cfg.device)
     out = {}
     for spec in pending:
         task = the_plan.tasks[spec.task]
+        progress.start(spec.run_id)
         out[spec.run_id] = _run_locked(cfg, spec, the_plan.methods[spec.run_id],
                                        lambda task=task: _env(task, cfg.cache_dir, device), device)
+        progress.end(spec.run_id, out[spec.run_id])
     return out
 
 
+def preflight(cfg: SweepConfig, the_plan: Plan) -> None:
+    """Checks that need no task setup, before anything is written: the results folder can be written and
+    belongs to this sweep (:func:`alignbench.folder.check_plan`), the cache folder is usable."""
+    why = io.unwritable(cfg.out)
+    if why:
+        raise ConfigError("out", why)
+    cache.check_dir(cfg.cache_dir)
+    folder.check_plan(Path(cfg.out), [s.run_id for s in the_plan.specs], cfg.force)
+
+
 def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
-    """Run (or resume) a sweep and write summary.csv, sweep.json and the report. Returns the summary."""
+    """Run (or resume) a sweep and write summary.csv, sweep.json and the report. Returns the summary.
+
+    Runs another process holds are waited for (their lock), so the sweep ends with every run of its plan
+    complete; summary.csv and the report cover every completed run in the folder.
+    """
     from .models import select_device
     from .report import write_report
 
     the_plan = plan(cfg)  # validates everything before the first write
+    preflight(cfg, the_plan)
     device = select_device(cfg.device)
-    configure_threads(device)
     out = Path(cfg.out)
     t0 = time.perf_counter()
-    done = lambda s: (out / "runs" / s.run_id / "summary.json").exists()  # noqa: E731
-    pending = [s for s in the_plan.specs if not done(s)]
+    done = {s.run_id: folder.read_summary(out / "runs" / s.run_id, warn=False) for s in the_plan.specs}
+    pending = [s for s in the_plan.specs if done[s.run_id] is None]
+    for s in pending:  # report truncated markers once, up front
+        folder.read_summary(out / "runs" / s.run_id)
+    progress = folder.Progress(len(pending), len(the_plan.specs) - len(pending))
     task_facts: dict[str, Any] = {}
     task_notes: dict[str, list[str]] = {}
     in_process = cfg.executor == "local" and cfg.workers == 1
@@ -338,31 +389,49 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
                 io.save_arrays(out / f"task_{tname}.npz", artifacts)
             task_facts[tname] = env.describe()
             task_notes[tname] = list(env.notes())
-    results = _execute_pending(cfg, the_plan, pending) if pending else {}
+    results = _execute_pending(cfg, the_plan, pending, progress) if pending else {}
     if not is_main_process():
         return summary_frame([r for r in results.values() if r is not None])
-    rows = []
-    for spec in the_plan.specs:
-        row = results.get(spec.run_id) if spec.run_id in results else (
-            io.read_json(out / "runs" / spec.run_id / "summary.json") if done(spec) else None)
-        if row is not None:
-            rows.append(row)
-    summary = summary_frame(rows)
-    io.write_text(out / "summary.csv", summary.to_csv(index=False))
-    previous = io.read_json(out / "sweep.json") if (out / "sweep.json").exists() else {}
-    io.write_json(out / "sweep.json", {
-        "config": to_dict(cfg),
-        "runs": [s.run_id for s in the_plan.specs],
-        "grids": _grids(the_plan),
-        "tasks": {**previous.get("tasks", {}), **task_facts},
-        "notes": {**previous.get("notes", {}), **task_notes},
-        # what the report reads about each method (it never names a method itself)
-        "methods": {**previous.get("methods", {}),
-                    **{s.method: type(the_plan.methods[s.run_id]).report_info() for s in the_plan.specs}},
-        "environment": environment_facts(device),
-        "wall_s": round(time.perf_counter() - t0, 1),
-    })
-    write_report(out)
+    held = [s for s in pending if results.get(s.run_id) is None]
+    if held:  # runs of this plan that another sweep process holds: wait for them (documented)
+        progress.say(f"sweep: waiting for {len(held)} run(s) held by another process")
+        for spec in held:
+            task = the_plan.tasks[spec.task]
+            results[spec.run_id] = _run_locked(cfg, spec, the_plan.methods[spec.run_id],
+                                               lambda task=task: _env(task, cfg.cache_dir, device), device,
+                                               blocking=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with io.file_lock(out):  # one writer of the folder-level files at a time (the folder itself is locked)
+        recorded = folder.recorded_runs(out) or []
+        order = list(dict.fromkeys(recorded + [s.run_id for s in the_plan.specs]))
+        summary = summary_frame(folder.completed_rows(out, order))
+        summary.attrs["plan"] = [s.run_id for s in the_plan.specs]  # this sweep's runs (the CLI counts them)
+        text = summary.to_csv(index=False)
+        unchanged = (not pending and (out / "summary.csv").exists() and (out / "summary.csv").read_text() == text
+                     and (out / "report.md").exists() and set(order) == set(recorded))
+        if unchanged:  # nothing ran and nothing changed: leave the folder byte for byte as it was
+            return summary
+        io.write_text(out / "summary.csv", text)
+        previous = io.read_json(out / "sweep.json") if (out / "sweep.json").exists() else {}
+        record: dict[str, Any] = {"config": previous.get("config", to_dict(cfg))}
+        added = list(previous.get("added", []))
+        if previous and set(order) != set(recorded):  # --force: this sweep's runs join the folder's
+            added.append(to_dict(cfg))
+        if added:
+            record["added"] = added
+        io.write_json(out / "sweep.json", {
+            **record,
+            "runs": order,
+            "grids": folder.merge_grids(previous.get("grids", {}), _grids(the_plan)),
+            "tasks": {**previous.get("tasks", {}), **task_facts},
+            "notes": {**previous.get("notes", {}), **task_notes},
+            # what the report reads about each method (it never names a method itself)
+            "methods": {**previous.get("methods", {}),
+                        **{s.method: type(the_plan.methods[s.run_id]).report_info() for s in the_plan.specs}},
+            "environment": environment_facts(device),
+            "wall_s": round(time.perf_counter() - t0, 1),
+        })
+        write_report(out)
     return summary
 
 

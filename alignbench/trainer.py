@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import io
+from . import cache
 from .api import LogpBatch, OfflineMethod, RunContext, TaskEnv
 from .config import stable_hash
 from .data import FORMAT_COLUMNS, TokenizedColumns, format_dataset, tokenize, validate_rows
@@ -46,7 +46,7 @@ class PreparedSplit:
         return len(self.tokens)
 
 
-_PREPARED: dict[str, PreparedSplit] = {}  # in-process memo: every run of a sweep shares one copy
+_PREPARED: dict[str, PreparedSplit] = cache.memo("prepared splits")  # every run of a sweep shares one copy
 
 
 def _dataset_hash(ds) -> str:
@@ -160,16 +160,14 @@ def prepare(env: TaskEnv, fmt: str, split: str, cache_dir: Path, device: torch.d
         _PREPARED[f"{key}-noref"] = PreparedSplit(tokens, {}, lens)
         return _PREPARED[f"{key}-noref"]
     path = Path(cache_dir) / "reflogps" / f"{key}.safetensors"
-    with io.file_lock(path.with_suffix(".lock")):
-        cached = io.load_tensors(path)
-        if cached is None:
-            ref = env.reference.to(device)
-            logps, lens = score_all(ref, tokens, device)
-            io.save_tensors(path, {**{f"logp.{c}": v for c, v in logps.items()},
-                                   **{f"len.{c}": v for c, v in lens.items()}})
-        else:
-            logps = {c: cached[f"logp.{c}"] for c in tokens.input_ids}
-            lens = {c: cached[f"len.{c}"] for c in tokens.input_ids}
+
+    def build() -> dict[str, Tensor]:
+        logps, lens = score_all(env.reference.to(device), tokens, device)
+        return {**{f"logp.{c}": v for c, v in logps.items()}, **{f"len.{c}": v for c, v in lens.items()}}
+
+    table = cache.tensors(path, build, what="reference log-probs")
+    logps = {c: table[f"logp.{c}"].cpu() for c in tokens.input_ids}
+    lens = {c: table[f"len.{c}"].cpu() for c in tokens.input_ids}
     prepared = PreparedSplit(tokens, logps, lens)
     _PREPARED[key] = prepared
     return prepared

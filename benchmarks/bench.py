@@ -697,15 +697,9 @@ def max_rel_diff(a: list[float], b: list[float]) -> float:
 
 def clear_process_memos() -> None:
     """Forget everything a sweep memoises in-process (what a fresh process would not have)."""
-    from alignbench import reward_model, sweep, trainer
+    from alignbench import cache
 
-    trainer.clear_memo()
-    reward_model._MEMO.clear()
-    getattr(sweep, "_ENVS", {}).clear()  # built task envs (reference model loaded, tables computed)
-    with contextlib.suppress(ImportError, AttributeError):
-        from methods import bon
-
-        bon._SCORE_TABLES.clear()
+    cache.clear()
 
 
 class Stopwatch:

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from alignbench.api import EnumerableEnv, Method, SampleEvaluable
 from alignbench.config import check_int, param
+from alignbench.cache import memo
 from alignbench.exact import best_of_n_logp, expected
 from alignbench.generation import sample
 from alignbench.registry import register_method
@@ -29,7 +30,7 @@ from alignbench.registry import register_method
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.api import RunContext
 
-_SCORE_TABLES: dict[tuple[str, str], Tensor] = {}  # (RM key, task fingerprint) -> (K, N) RM scores
+_SCORE_TABLES: dict[tuple[str, str], Tensor] = memo("bon score tables")  # (RM key, task fingerprint) -> (K, N)
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -686,35 +683,13 @@ def reference_folder(cfg: ExactConfig, cache_dir: Path) -> Path:
 
 
 def get_reference(cfg: ExactConfig, cache_dir: Path, device: torch.device) -> tuple[nn.Module, Any, dict, Path, bool]:
-    """(model, tokenizer, meta, folder, loaded_from_cache): load the cached reference or build it
-
-    (under a file lock, written to a temp folder, then renamed into place).
-    """
-    from alignbench.io import file_lock
+    """(model, tokenizer, meta, folder, loaded_from_cache): the cached reference (model and tokenizer files
+    verified by sha256, :mod:`alignbench.cache`), built once under a lock when missing or damaged."""
+    from alignbench import cache
 
     folder = reference_folder(cfg, cache_dir)
-    if (folder / "exact_meta.json").exists():
-        try:
-            return (*_load_reference(folder, device), folder, True)
-        except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt below
-            pass
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(folder.parent / f".{folder.name}.lock"):
-        if (folder / "exact_meta.json").exists():  # another process built it while we waited
-            try:
-                return (*_load_reference(folder, device), folder, True)
-            except Exception:  # noqa: BLE001
-                shutil.move(str(folder), str(folder.parent / f".{folder.name}.broken-{os.getpid()}-{time.time_ns()}"))
-        elif folder.exists():  # an incomplete folder (should not happen with the rename below)
-            shutil.move(str(folder), str(folder.parent / f".{folder.name}.broken-{os.getpid()}-{time.time_ns()}"))
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-        try:
-            _build_reference(cfg, tmp)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return (*_load_reference(folder, device), folder, False)
+    built = cache.entry(folder, lambda tmp: _build_reference(cfg, tmp), what="exact reference model")
+    return (*_load_reference(folder, device), folder, not built)
 
 
 # ------------------------------------------------------------------------------------------ the task

@@ -55,6 +55,9 @@ class HHTask(DatasetPairsTask):
     train_defaults = {"steps": 2000, "batch_size": 64, "lr": 1e-6, "warmup_steps": 150, "eval_every": 250,
                       "max_grad_norm": 10.0}
 
+    def text_fields(self, row: dict[str, Any]) -> tuple[str, ...]:
+        return (self.config.chosen_column, self.config.rejected_column)
+
     def to_pair(self, row: dict[str, Any]) -> tuple[str, str, str] | None:
         cfg: HHConfig = self.config
         a = split_transcript(str(row.get(cfg.chosen_column) or ""))

@@ -32,10 +32,7 @@ of ``n_eval_prompts`` held-out prompts at ``temperature``; KL(pi || pi_ref) from
 from __future__ import annotations
 
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -52,7 +49,7 @@ from alignbench.errors import ConfigError
 from alignbench.evaluation import SampledTaskEnv
 from alignbench.generation import sample
 from alignbench.models import quiet
-from alignbench.io import file_lock, read_json, write_json
+from alignbench.io import read_json, write_json
 from alignbench.models import freeze, tiny_gpt2, train_causal_lm, weights_fingerprint
 from alignbench.registry import register_task
 from alignbench.tokenization import EOS, PAD, build_word_tokenizer
@@ -390,19 +387,19 @@ class SentimentTask(Task):
                       "max_grad_norm": 10.0}
 
     def setup(self, cache_dir: Path, device: torch.device) -> SentimentEnv:
+        from alignbench import cache
+
         cfg: SentimentConfig = self.config
         key = cfg.build_key()
         folder = Path(cache_dir) / "sentiment" / stable_hash(key, 12)
         with quiet():
-            if not (folder / "meta.json").exists():
-                with file_lock(folder.parent / f".{folder.name}.lock"):
-                    if not (folder / "meta.json").exists():
-                        _build(cfg, key, folder)
+            cache.entry(folder, lambda tmp: _build(cfg, key, tmp), what="sentiment reference model and data")
             return _load(cfg, folder, device)
 
 
 def _build(cfg: SentimentConfig, key: dict[str, Any], folder: Path) -> None:
-    """Corpus, tokenizer, reference model and preference data, written to ``folder`` atomically."""
+    """Corpus, tokenizer, reference model and preference data, written to ``folder`` (a temporary folder of
+    the cache service, which checksums it and renames it into place)."""
     from datasets import Dataset
 
     t0 = time.perf_counter()
@@ -453,21 +450,12 @@ def _build(cfg: SentimentConfig, key: dict[str, Any], folder: Path) -> None:
         "reference_train_seconds": round(t_train, 2),
         "torch_threads": torch_threads,
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
-    try:
-        model.save_pretrained(tmp / "reference", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "reference")
-        Dataset.from_dict(train_pairs).save_to_disk(str(tmp / "preferences" / "train"))
-        Dataset.from_dict(eval_pairs).save_to_disk(str(tmp / "preferences" / "eval"))
-        write_json(tmp / "prompts.json", {"train": train_prompts, "heldout_reviews": held_reviews})
-        write_json(tmp / "meta.json", meta)
-        if folder.exists():  # a stale, incomplete folder (no meta.json): replace it
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    model.save_pretrained(folder / "reference", safe_serialization=True)
+    tokenizer.save_pretrained(folder / "reference")
+    Dataset.from_dict(train_pairs).save_to_disk(str(folder / "preferences" / "train"))
+    Dataset.from_dict(eval_pairs).save_to_disk(str(folder / "preferences" / "eval"))
+    write_json(folder / "prompts.json", {"train": train_prompts, "heldout_reviews": held_reviews})
+    write_json(folder / "meta.json", meta)
 
 
 def eval_prompts_from(held_reviews: list[str], n: int, seed: int) -> list[str]:

@@ -67,6 +67,10 @@ class TldrTask(DatasetPairsTask):
     train_defaults = {"steps": 2000, "batch_size": 64, "lr": 1e-6, "warmup_steps": 150, "eval_every": 250,
                       "max_grad_norm": 10.0}
 
+    def text_fields(self, row: dict[str, Any]) -> tuple[str, ...]:
+        trl = "chosen" in row and "rejected" in row and "prompt" in row
+        return ("prompt", "chosen", "rejected") if trl else ()
+
     def to_pair(self, row: dict[str, Any]) -> tuple[str, str, str] | None:
         if "chosen" in row and "rejected" in row and "prompt" in row:  # TRL preference format
             return _conversation_prompt(row["prompt"]), _text(row["chosen"]), _text(row["rejected"])

@@ -136,7 +136,7 @@ def test_nan_loss_fails_the_run_and_the_sweep_goes_on(tmp_path, cache_dir):
     plugin.write_text(textwrap.dedent(NAN_PLUGIN))
     out = tmp_path / "res"
     assert main(sweep_args(out, cache_dir, methods="explodes,dpo", betas="0.5",
-                           extra=["--plugins", str(plugin)])) == 0
+                           extra=["--plugins", str(plugin)])) == 1  # exit 1: a run failed
     s = pd.read_csv(out / "summary.csv").set_index("method")
     assert s.loc["explodes", "status"] == "failed"
     assert "non-finite loss at step" in s.loc["explodes", "reason"]
@@ -145,14 +145,17 @@ def test_nan_loss_fails_the_run_and_the_sweep_goes_on(tmp_path, cache_dir):
 
 
 def test_two_concurrent_sweeps_never_run_the_same_run_twice(tmp_path, cache_dir):
+    """Each process waits for the runs the other holds, then writes summary.csv from every completed run
+    under the folder lock: each reports 6/6 and the summary is complete, with no third pass."""
     out = tmp_path / "shared"
     args = sweep_args(out, cache_dir, methods="dpo,ipo,kto", betas="0.1,1.0")
     env = {**os.environ, "ALIGNBENCH_QUIET": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "alignbench", *args], env=env, stdout=subprocess.DEVNULL,
+    procs = [subprocess.Popen([sys.executable, "-m", "alignbench", *args], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for p in procs:
-        assert p.wait(timeout=600) == 0, p.stderr.read()
-    assert main(args) == 0  # a third pass finds everything complete
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr
+        assert "6/6 runs ok" in stdout, stdout  # each sweep's own summary is complete
     s = pd.read_csv(out / "summary.csv")
     assert len(s) == 6 and set(s["status"]) == {"ok"}
     pids = set()

@@ -110,7 +110,7 @@ def test_local_pool_is_sized_and_pinned_by_runs_per_gpu(tmp_path, monkeypatch):
     class FakePool:
         def __init__(self, workers, mp_context=None, initializer=None, initargs=()):
             seen["workers"], seen["initializer"] = workers, initializer
-            queue, seen["threads"] = initargs
+            (queue,) = initargs
             seen["gpus"] = sorted(queue.get(timeout=5) for _ in range(workers))
 
         def __enter__(self):
@@ -120,6 +120,7 @@ def test_local_pool_is_sized_and_pinned_by_runs_per_gpu(tmp_path, monkeypatch):
             return False
 
         def map(self, fn, *iterables):
+            seen["threads"] = set(iterables[2])  # each run gets the sweep's thread count (part of its run id)
             return [None for _ in zip(*iterables)]
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", FakePool)
@@ -127,9 +128,10 @@ def test_local_pool_is_sized_and_pinned_by_runs_per_gpu(tmp_path, monkeypatch):
     cfg = sweep.SweepConfig(workers=8, runs_per_gpu=3, out=str(tmp_path / "x"))
     specs = [sweep.RunSpec(task="exact", method="dpo", seed=0, method_config=None, task_config=None, train=None,
                            run_id=f"r{i}") for i in range(3)]
-    assert sweep._execute_pending(cfg, None, specs) == {"r0": None, "r1": None, "r2": None}
+    progress = sweep.folder.Progress(len(specs), 0)
+    assert sweep._execute_pending(cfg, None, specs, progress) == {"r0": None, "r1": None, "r2": None}
     assert seen["workers"] == 6 and seen["gpus"] == [0, 0, 0, 1, 1, 1]
-    assert seen["threads"] == max(1, (os.cpu_count() or 1) // 6) and seen["initializer"] is sweep._init_worker
+    assert seen["threads"] == {torch.get_num_threads()} and seen["initializer"] is sweep._init_worker
 
 
 def test_bad_runs_per_gpu(tmp_path, cache_dir, capsys):

@@ -288,6 +288,12 @@ def _dlogd(d: np.ndarray) -> np.ndarray:
     return np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0)
 
 
+def enough_points(n_points: int, n_params: int) -> bool:
+    """A fit is stated only from ``n_params + 2`` points: with fewer, R^2 is 1 or nearly so by construction
+    and its predicted peak says nothing ("too few points")."""
+    return n_points >= n_params + 2
+
+
 def _fit(form: str, kl: Iterable[float], reward: Iterable[float], r0: float | None) -> GaoFit:
     kl_a = np.asarray(list(kl), dtype=float)
     r_a = np.asarray(list(reward), dtype=float)
@@ -295,11 +301,13 @@ def _fit(form: str, kl: Iterable[float], reward: Iterable[float], r0: float | No
     kl_a, r_a = np.maximum(kl_a[ok], 0.0), r_a[ok]
     d = np.sqrt(kl_a)
     at_zero = d < 1e-6
-    if int((~at_zero).sum()) < 2:
-        raise ValueError(f"fit_gao_{form}: need at least 2 points with KL > 0, got {int((~at_zero).sum())}")
     cols = [d, -_dlogd(d)] if form == "rl" else [d, -d * d]
     if r0 is None and at_zero.any():
         r0 = float(r_a[at_zero].mean())
+    n_params = len(cols) + (r0 is None)
+    if not enough_points(int((~at_zero).sum()), n_params):
+        raise ValueError(f"fit_gao_{form}: too few points ({int((~at_zero).sum())} with KL > 0 for {n_params} "
+                         f"parameters; a fit is stated from {n_params + 2})")
     if r0 is None:  # no reference point: fit the intercept too
         if len(d) < 3:
             raise ValueError(f"fit_gao_{form}: need 3 points to fit the intercept as well")

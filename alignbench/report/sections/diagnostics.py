@@ -89,7 +89,8 @@ def section_per_run_table(per_run: pd.DataFrame) -> str:
 def section_gao(diag: Diagnosis) -> str:
     parts = ["### Gao et al. fit of gold reward against d = √KL\n"]
     if not diag.fits:
-        parts.append("_none_ (a fit needs at least two evaluations with KL > 0 per method)\n")
+        parts.append("_none_ (too few points: a fit needs its parameters + 2 evaluations with KL > 0 per method, "
+                     "i.e. 4, or 5 when the reference reward is fitted too)\n")
         return "\n".join(parts)
     parts.append("Least squares of R − R0 = d(α − b log d) (Gao et al. 2022, RL form) over every evaluation point of "
                  "a method's runs (all steps, all sweep values; R0 the reference's reward at d = 0); best-of-N (one "
