@@ -81,7 +81,7 @@ def synth_results(out, *, methods=("dpo", "ipo", "ppo", "bon"), sampled=True, fa
                               "train/implicit_acc": 0.5 + 0.07 * i, "logratio/chosen": -0.3 * i,
                               "logratio/rejected": -1.0 * i, "logratio/margin": 0.7 * i})
                 if method == "ppo" and s > 0:
-                    m.update({"ppo/rm_reward": 0.1 * i, "ppo/approx_kl": 0.01, "ppo/clipfrac": 0.1,
+                    m.update({"online/rm_reward": 0.1 * i, "ppo/approx_kl": 0.01, "ppo/clipfrac": 0.1,
                               "ppo/explained_variance": 0.5, "kl/sampled": kl})
                 metrics.append(m)
             row = {"run_id": rid, "task": "exact", "method": method, "sweep_param": param,

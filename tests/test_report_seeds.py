@@ -57,11 +57,13 @@ def test_ranking_scores_and_pairwise_verdicts(tmp_path):
     rk = pd.read_csv(out / "ranking.csv")
     score = rk[rk["table"] == "score"].set_index("method")
     assert (score["n_seeds"] == 3).all()
-    # common range: largest first Pareto KL (0.6: dpo/kto/ipo seed 1 start at 0.6) to smallest largest KL (1.8)
-    assert score["kl_lo"].iloc[0] == pytest.approx(0.6) and score["kl_hi"].iloc[0] == pytest.approx(1.8)
-    # kto seed 1: its front rises linearly from (0.6, 0.25) to (2.2, 0.55); mean over [0.6, 1.8] is at 1.2
+    # every front starts at the reference (KL 0, reward 0 at step 0); common range: 0 to the smallest largest KL
+    assert score["kl_lo"].iloc[0] == pytest.approx(0.0) and score["kl_hi"].iloc[0] == pytest.approx(1.8)
+    # kto, seed 0: (0, 0) -> (0.5, 0.2) -> (2.0, 0.5); the area over [0, 1.8] is 0.05 + 1.3 * 0.33 = 0.479.
+    # seed 1: (0, 0) -> (0.6, 0.25) -> (2.2, 0.55): 0.075 + 1.2 * 0.3625 = 0.51; seed 2: (0.4, 0.15) -> (1.8, 0.45):
+    # 0.03 + 1.4 * 0.3 = 0.45. Mean over seeds of area / 1.8:
     assert rk[(rk["table"] == "score") & (rk["method"] == "kto")]["score"].iloc[0] == pytest.approx(
-        np.mean([0.2 + 0.3 * (1.2 - 0.5) / 1.5, 0.25 + 0.3 * 0.6 / 1.6, 0.15 + 0.3 * 0.8 / 1.4]), abs=2e-3)
+        np.mean([0.479, 0.51, 0.45]) / 1.8, abs=2e-3)
     pw = rk[rk["table"] == "pairwise"].set_index(["method", "method_b"])
     assert pw.loc[("dpo", "kto"), "ci_low"] > 0 and pw.loc[("dpo", "kto"), "prob_improvement"] == 1.0
     assert pw.loc[("dpo", "ipo"), "ci_low"] < 0 < pw.loc[("dpo", "ipo"), "ci_high"]

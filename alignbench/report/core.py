@@ -114,9 +114,9 @@ class ReportContext:
     @property
     def ranking(self) -> pd.DataFrame:
         """Frontier scores, pairwise comparisons and stability over seeds (:mod:`.ranking`)."""
-        from .ranking import build_ranking
+        from .ranking import build_ranking, reference_rewards
 
-        return self.once("ranking", lambda: build_ranking(self.summary))
+        return self.once("ranking", lambda: build_ranking(self.summary, reference_rewards(self.runs)))
 
     @property
     def diagnosis(self) -> Any:

@@ -1,10 +1,12 @@
 """The ranking of methods per task, with uncertainty over training runs (``ranking.csv``).
 
 For each task and method, every completed run is a point (KL, gold reward): all sweep values and every other
-swept field together, as the DPO paper drew its frontiers. Per seed, a method's frontier is the Pareto front
-of its runs (``seeds.front_curve``). Its **frontier score** is the mean of that curve over a common range of
-KL budgets: from the largest first Pareto KL to the smallest largest KL over every (method, seed) of the task,
-so that every method is scored only where each of its runs sets reaches (``seeds.common_range``). The score's
+swept field together, as the DPO paper drew its frontiers, plus the reference itself (KL 0, its gold reward
+from the runs' step-0 evaluations), which every method can always stay at. Per seed, a method's frontier is
+the Pareto front of these points (``seeds.front_curve``). Its **frontier score** is the mean of that curve
+over a common range of KL budgets: from the largest first Pareto KL (0 where the reference point is known) to
+the smallest largest KL over every (method, seed) of the task, so that every method is scored only where each
+of its run sets reaches (``seeds.common_range``). The score's
 interval resamples seeds; pairs of methods get the difference of their mean scores with its interval and the
 probability of improvement P(A > B) over seed pairs (Agarwal et al. 2021). **Stability** is the per-seed
 standard deviation of final reward and KL at each sweep value.
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import names as N
 from . import seeds as S
 
 COLUMNS = ["table", "task", "method", "method_b", "sweep_param", "sweep_value", "n_seeds", "n_seeds_b", "score",
@@ -27,22 +30,43 @@ COLUMNS = ["table", "task", "method", "method_b", "sweep_param", "sweep_value", 
            "kl_is_bound"]
 
 
-def per_seed_points(ok: pd.DataFrame, task: str) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """method -> one (KL, reward) point set per seed (every completed run of that seed is a point)."""
+def per_seed_points(ok: pd.DataFrame, task: str, reference: dict[tuple[str, Any], float] | None = None
+                    ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """method -> one (KL, reward) point set per seed (every completed run of that seed is a point, plus the
+    reference's (0, reward) where ``reference`` has it for (task, seed))."""
     t = ok[(ok["task"] == task)].dropna(subset=["kl", "reward"])
     out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for (method, _), g in t.groupby(["method", "seed"], sort=True):
-        out.setdefault(str(method), []).append((g["kl"].to_numpy(float), g["reward"].to_numpy(float)))
+    for (method, seed), g in t.groupby(["method", "seed"], sort=True):
+        kl, rw = g["kl"].to_numpy(float), g["reward"].to_numpy(float)
+        r0 = (reference or {}).get((task, seed))
+        if r0 is not None and np.isfinite(r0):
+            kl, rw = np.concatenate([[0.0], kl]), np.concatenate([[r0], rw])
+        out.setdefault(str(method), []).append((kl, rw))
     return out
 
 
-def build_ranking(summary: pd.DataFrame) -> pd.DataFrame:
+def reference_rewards(runs: dict[str, Any]) -> dict[tuple[str, Any], float]:
+    """(task, seed) -> the reference's gold reward: the mean over runs of their step-0 evaluation (the policy
+    before any update is the reference), where logged."""
+    vals: dict[tuple[str, Any], list[float]] = {}
+    for r in runs.values():
+        m = r.metrics
+        if "step" not in m or N.GOLD not in m:
+            continue
+        at0 = pd.to_numeric(m.loc[m["step"] == 0, N.GOLD], errors="coerce").dropna()
+        kl0 = pd.to_numeric(m.loc[m["step"] == 0, N.KL], errors="coerce").dropna() if N.KL in m else at0 * 0
+        if len(at0) and (len(kl0) == 0 or abs(float(kl0.iloc[0])) < 1e-9):
+            vals.setdefault((r.task, r.seed), []).append(float(at0.iloc[0]))
+    return {k: float(np.mean(v)) for k, v in vals.items()}
+
+
+def build_ranking(summary: pd.DataFrame, reference: dict[tuple[str, Any], float] | None = None) -> pd.DataFrame:
     ok = summary[summary["status"] == "ok"]
     rows: list[dict[str, Any]] = []
     if ok.empty or "kl" not in ok or "reward" not in ok:
         return pd.DataFrame(rows, columns=COLUMNS)
     for task in sorted(ok["task"].astype(str).unique()):
-        pts = per_seed_points(ok, task)
+        pts = per_seed_points(ok, task, reference)
         lo, hi = S.common_range(pts)
         scores = {m: [S.frontier_score(k, r, lo, hi) for k, r in sets] for m, sets in pts.items()}
         t = ok[ok["task"] == task]

@@ -50,7 +50,7 @@ def findings_frontier(summary: pd.DataFrame, ranking: pd.DataFrame) -> list[str]
                            f"(n={int(r['n_seeds'])} and {int(r['n_seeds_b'])} seeds, P(A > B) = {r['prob_improvement']:.2f})"
                            for _, r in ahead.iterrows()) + ".")
         decided = {tuple(sorted((r["method"], r["method_b"]))) for _, r in ahead.iterrows()}
-        rest = pw[(pw["method"] < pw["method_b"])]
+        rest = pw[(pw["method"].astype(str) < pw["method_b"].astype(str))]
         rest = [r for _, r in rest.iterrows() if (r["method"], r["method_b"]) not in decided]
         if rest:
             n_max = max(max(int(r["n_seeds"]), int(r["n_seeds_b"])) for r in rest)

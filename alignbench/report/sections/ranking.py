@@ -17,11 +17,12 @@ def section_ranking(ctx: ReportContext) -> str:
     rk = ctx.ranking
     io.write_text(ctx.out / RANKING_CSV, rk.to_csv(index=False))
     parts = ["## Ranking over training runs", "",
-             "Each completed run is a point (KL, gold reward); per seed, a method's frontier is the Pareto front of "
-             "all its runs (every sweep value and any other swept field), linearly interpolated between Pareto points "
+             "Each completed run is a point (KL, gold reward), and so is the reference (KL 0, its gold reward at the "
+             "runs' step 0); per seed, a method's frontier is the Pareto front of all its runs (every sweep value and "
+             "any other swept field) and the reference, linearly interpolated between Pareto points "
              "(a mixture of two policies does at least that well) and flat beyond the last one. The **frontier score** "
              "is its mean over KL budgets in the range every method reaches in every seed: from the largest first "
-             "Pareto KL to the smallest largest KL. Intervals: 95% percentile bootstrap over seeds (none with one "
+             "Pareto KL (0 with the reference point) to the smallest largest KL. Intervals: 95% percentile bootstrap over seeds (none with one "
              "seed). P(A > B): the share of seed pairs in which A's score exceeds B's (Agarwal et al. 2021). All "
              "values are in `ranking.csv`.", ""]
     scores = rk[rk["table"] == "score"]
@@ -41,7 +42,7 @@ def section_ranking(ctx: ReportContext) -> str:
                 "seeds": s["n_seeds"].astype(int),
                 "frontier score [95% CI]": [fmt_ci(v, a, b) for v, a, b in zip(s["score"], s["ci_low"], s["ci_high"])]})))
             pw = rk[(rk["table"] == "pairwise") & (rk["task"] == task)]
-            pw = pw[pw["method"] < pw["method_b"]]
+            pw = pw[pw["method"].astype(str) < pw["method_b"].astype(str)] if not pw.empty else pw
             if not pw.empty:
                 parts.append(md_table(pd.DataFrame({
                     "A": pw["method"], "B": pw["method_b"],
