@@ -25,6 +25,11 @@ as in the papers that define them:
   of Neural Text Degeneration"). At a temperature T != 1 it is under the temperature-scaled reference,
   like the KL.
 
+Distinct-n depends on the number of samples pooled (fewer samples, fewer repeats across them), so it
+compares evaluations of the same size: ``evaluate`` pools ``n_eval_samples`` per prompt; ``evaluate_samples``
+(e.g. best-of-N, one kept sample per prompt) pools what it is given, and its reference baseline uses
+the same number of the reference's samples per prompt.
+
 No well-kept library computes seq-rep-n or distinct-n on token ids (nltk and torchmetrics provide
 n-gram iteration or BLEU, not these ratios), so they are the few lines below. Reference baselines of
 every metric (on the reference's cached samples for the same prompts) are logged under
@@ -49,7 +54,7 @@ LENGTH = "policy/length"
 REF_LOGP = "degen/ref_logp_per_token"
 METRICS = (REP, DISTINCT1, DISTINCT2, DISTINCT1_WITHIN, DISTINCT2_WITHIN, LENGTH, REF_LOGP)
 # the metrics shown in the report's figure and diagnostics column, with their short labels
-SHOWN = {REP: f"rep-{REP_N}", DISTINCT2: "distinct-2", REF_LOGP: "ref log p / token", LENGTH: "length"}
+SHOWN = {REP: f"rep-{REP_N}", DISTINCT2: "distinct-2", REF_LOGP: "log p_ref/token", LENGTH: "length"}
 
 Tokens = Sequence[int]
 Grouped = Sequence[Sequence[Tokens]]  # [prompt][sample] -> token ids

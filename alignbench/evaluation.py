@@ -187,10 +187,8 @@ class SampledTaskEnv(TaskEnv):
         rewards = self.gold_reward(rep, smp.texts).detach().float().cpu().numpy()
         lengths = smp.lengths.float().cpu().numpy()
         texts = [smp.texts[i * n:(i + 1) * n] for i in range(len(prompts))]
-        rows = [row[m.bool()].tolist() for row, m in zip(smp.completions, smp.completion_mask[:, -smp.completions.shape[1]:])]
-        tokens = DG.group(DG.strip_special(rows, self._special_ids()), n)
         out = PolicySamples(prompts, texts, rewards.reshape(len(prompts), n), lengths.reshape(len(prompts), n),
-                            tokens=tokens)
+                            tokens=self._sample_tokens(smp, n))
         if score_logps:
             ids, am, cm = smp.right_padded(self._pad_id())
             t = self.temperature if self.temperature > 0 else 1.0
@@ -313,6 +311,14 @@ class SampledTaskEnv(TaskEnv):
         toks = [[[t for t in token_ids[i] if t not in special] for i in groups[p]] for p in uniq]
         per_lp = np.array([(ref_lp[groups[p]] / np.maximum(lens[groups[p]], 1.0)).mean() for p in uniq])
         self._put_degeneration(metrics, toks, per_lp)
+        # the reference's baselines on as many of its samples per prompt as the policy has (distinct-n
+        # grows as the corpus shrinks, so the counts must match)
+        k = [len(groups[p]) for p in uniq]
+        ref_sel = [(ref_rows[p], min(c, ref.rewards.shape[1])) for p, c in zip(uniq, k)]
+        self._put_degeneration(metrics, [ref.tokens[i][:c] for i, c in ref_sel],
+                               np.array([(ref.logp_ref[i, :c] / np.maximum(ref.lengths[i, :c], 1.0)).mean()
+                                         for i, c in ref_sel]),
+                               np.array([ref.lengths[i, :c].mean() for i, c in ref_sel]), name=DG.reference_name)
         metrics["reward/ref"] = float(np.mean([ref.rewards[ref_rows[p]].mean() for p in uniq]))
         if kl is not None:
             metrics["kl/ref"] = float(kl)
@@ -349,6 +355,12 @@ class SampledTaskEnv(TaskEnv):
                 x.append(int(eos))
             out.append(x[: spec.max_new_tokens])
         return out
+
+    def _sample_tokens(self, smp: Samples, n: int) -> list[list[list[int]]]:
+        """[prompt][sample] completion token ids of ``smp`` (n per prompt), special tokens dropped."""
+        cm = smp.completion_mask[:, -smp.completions.shape[1]:].bool()
+        rows = [row[m].tolist() for row, m in zip(smp.completions, cm)]
+        return DG.group(DG.strip_special(rows, self._special_ids()), n)
 
     def _special_ids(self) -> set[int]:
         """Token ids left out of the degeneration n-grams: the end token and the tokenizer's special

@@ -48,6 +48,7 @@ BUDGET_ORDER = (1.0, 3.0, 0.3, 10.0)  # matched-KL budgets tried, ties broken by
 Z95 = 1.959964
 EXAMPLES_CSV = "examples.csv"
 REF_LABEL = "π_ref"
+REF_PREFIX = REF_LABEL + " "  # column prefix of the reference's baseline of a metric
 
 
 # ------------------------------------------------------------------------------------------ selection
@@ -280,8 +281,8 @@ def degeneration_columns(runs: dict[str, Any]) -> pd.DataFrame:
         vals = {}
         for key, label in DG.SHOWN.items():
             vals[label], vals[label + "_se"] = _final(r.metrics, key), _final(r.metrics, key + "_se")
-            vals["ref " + label] = _final(r.metrics, DG.reference_name(key))
-            vals["ref " + label + "_se"] = _final(r.metrics, DG.reference_name(key) + "_se")
+            vals[REF_PREFIX + label] = _final(r.metrics, DG.reference_name(key))
+            vals[REF_PREFIX + label + "_se"] = _final(r.metrics, DG.reference_name(key) + "_se")
         rows[rid] = vals
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -324,10 +325,11 @@ def plot_degeneration(out: Path, task: str, ud: pd.DataFrame) -> Path | None:
             g = g.sort_values("kl")
             ax.errorbar(g["kl"], g[lab], yerr=g[lab + "_se"].fillna(0), fmt="o-", ms=4, lw=1, capsize=2,
                         color=palette[m], label=m)
-        ref = d["ref " + lab].dropna() if "ref " + lab in d else pd.Series(dtype=float)
+        ref = d[REF_PREFIX + lab].dropna() if REF_PREFIX + lab in d else pd.Series(dtype=float)
         if not ref.empty:
-            ax.axhline(float(ref.mean()), color="black", ls="--", lw=1, label=REF_LABEL)
+            ax.axhline(float(ref.median()), color="black", ls="--", lw=1, label=REF_LABEL)
         ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlim(left=0)
         ax.set_xlabel("KL(π ‖ π_ref)  [nats]")
         ax.set_title(f"{task}: {lab}")
     axes[0][0].legend(fontsize=7)
@@ -361,12 +363,12 @@ def findings_degeneration(out: Path, summary: pd.DataFrame, runs: dict[str, Any]
     difference (policy and reference SEs combined as independent): the method and its KL range."""
     ud = unit_degeneration(summary, runs) if ud is None else ud
     lab = DG.SHOWN[DG.REP]
-    if ud.empty or lab not in ud or "ref " + lab not in ud:
+    if ud.empty or lab not in ud or REF_PREFIX + lab not in ud:
         return []
     found = []
     for (task, m), g in ud.groupby(["task", "method"], sort=True):
-        diff = g[lab] - g["ref " + lab]
-        half = Z95 * np.sqrt(g[lab + "_se"] ** 2 + g["ref " + lab + "_se"] ** 2)
+        diff = g[lab] - g[REF_PREFIX + lab]
+        half = Z95 * np.sqrt(g[lab + "_se"] ** 2 + g[REF_PREFIX + lab + "_se"] ** 2)
         up = g[(diff > half) & g["kl"].notna()].sort_values("kl")
         if up.empty:
             continue
@@ -374,6 +376,6 @@ def findings_degeneration(out: Path, summary: pd.DataFrame, runs: dict[str, Any]
         rng = f"{up['kl'].min():.3g}" + (f"–{up['kl'].max():.3g}" if len(up) > 1 else "")
         bound = " (KL an upper bound)" if bool(up["kl_is_bound"].any()) else ""
         found.append(f"{task}: {m}'s repetition ({lab}) exceeds the reference's "
-                     f"({float(g['ref ' + lab].mean()):.3f}) by more than its 95% interval at KL {rng} nats{bound} "
+                     f"({float(g[REF_PREFIX + lab].mean()):.3f}) by more than its 95% interval at KL {rng} nats{bound} "
                      f"({len(up)} of {len(g)} sweep values; up to {top[lab]:.3f} at {top['label']}).")
     return found

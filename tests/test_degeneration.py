@@ -106,3 +106,7 @@ def test_evaluate_samples_logs_the_same_metrics_from_texts():
     assert m[DG.DISTINCT1] == pytest.approx(4 / 9)  # a b x y: 4 distinct of 2 + 3 + 1 + 3 words
     assert m[DG.DISTINCT2] == pytest.approx(3 / 5)  # ab, xx, bb of ab xx xx bb bb
     assert len(res.per_prompt["ref_completions"]) == 2
+    # the reference's baseline pools as many of its samples per prompt as the policy has (2 here)
+    ref = env.reference_samples(0)
+    assert m[DG.reference_name(DG.DISTINCT2)] == pytest.approx(DG.distinct([s for p in ref.tokens for s in p[:2]], 2))
+    assert m[DG.reference_name(DG.LENGTH)] == pytest.approx(float(ref.lengths[:, :2].mean()))

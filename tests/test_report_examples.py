@@ -141,7 +141,7 @@ def test_degeneration_columns_figure_and_repetition_finding(tmp_path):
     summary, runs = load(out)
     cols = E.degeneration_columns(runs)
     assert cols.loc["words-alpha-beta0.1-s1", "rep-2"] == 0.40
-    assert cols.loc["words-alpha-beta0.1-s1", "ref rep-2"] == REF_REP
+    assert cols.loc["words-alpha-beta0.1-s1", E.REF_PREFIX + "rep-2"] == REF_REP
     ud = E.unit_degeneration(summary, runs)
     a = ud[ud["label"] == "alpha β=0.1"].iloc[0]
     assert a["rep-2_se"] == pytest.approx(math.sqrt(2 * SE ** 2) / 2)  # seeds combined
