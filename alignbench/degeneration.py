@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -67,8 +68,8 @@ def reference_name(metric: str) -> str:
 
 def ngrams(tokens: Tokens, n: int) -> list[tuple[int, ...]]:
     """The n-grams of one sequence, in order (len(tokens) - n + 1 of them, none if shorter)."""
-    t = tuple(tokens)
-    return [t[i:i + n] for i in range(len(t) - n + 1)]
+    t = list(tokens)
+    return list(zip(*(t[i:] for i in range(n))))
 
 
 def seq_rep(tokens: Tokens, n: int = REP_N) -> float:
@@ -78,21 +79,35 @@ def seq_rep(tokens: Tokens, n: int = REP_N) -> float:
     return 1.0 - len(set(g)) / len(g) if g else float("nan")
 
 
+def _counts(samples: Sequence[Tokens], n: int) -> Counter:
+    """n-gram counts over samples (unigrams keyed by the token itself)."""
+    if n == 1:
+        return Counter(chain.from_iterable(samples))
+    return Counter(chain.from_iterable(ngrams(s, n) for s in samples))
+
+
+def _ratio(c: Counter) -> float:
+    total = sum(c.values())
+    return len(c) / total if total else float("nan")
+
+
 def distinct(samples: Sequence[Tokens], n: int) -> float:
     """distinct-n = |distinct n-grams| / |n-grams| over a set of samples (Li et al. 2016, Sec. 4.3);
     NaN when there is no n-gram."""
-    counts = Counter(g for s in samples for g in ngrams(s, n))
-    total = sum(counts.values())
-    return len(counts) / total if total else float("nan")
+    return _ratio(_counts(samples, n))
 
 
 def distinct_jackknife(tokens: Grouped, n: int) -> tuple[float, float]:
-    """Pooled distinct-n over all prompts' samples and its delete-one-prompt jackknife SE.
+    """Pooled distinct-n over all prompts' samples and its delete-one-prompt jackknife SE."""
+    return _jackknife([_counts(samples, n) for samples in tokens])
+
+
+def _jackknife(per: list[Counter]) -> tuple[float, float]:
+    """Pooled distinct ratio of per-prompt n-gram counts and its delete-one-prompt jackknife SE.
 
     Leaving prompt p out removes its n-gram count and the n-grams that occur under no other prompt,
     so every leave-one-out value comes from one table of per-prompt n-gram sets (O(total n-grams)).
     """
-    per = [Counter(g for s in samples for g in ngrams(s, n)) for samples in tokens]
     totals = np.array([sum(c.values()) for c in per], dtype=np.float64)
     prompt_freq = Counter(g for c in per for g in c)  # number of prompts in which each n-gram occurs
     total = totals.sum()
@@ -108,28 +123,35 @@ def distinct_jackknife(tokens: Grouped, n: int) -> tuple[float, float]:
     return value, float(math.sqrt((m - 1) / m * ((loo - loo.mean()) ** 2).sum()))
 
 
-def _nanmean_rows(rows: list[list[float]]) -> np.ndarray:
-    out = []
-    for r in rows:
-        a = np.asarray(r, dtype=np.float64)
-        a = a[np.isfinite(a)]
-        out.append(a.mean() if a.size else float("nan"))
-    return np.asarray(out, dtype=np.float64)
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if v == v]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+def compute(tokens: Grouped) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, float]]]:
+    """All n-gram metrics in one pass over the samples' n-grams.
+
+    Returns (per-prompt values (P,) of rep-n and within-prompt distinct-1/2 -- NaN where a prompt's samples
+    have no n-gram, for callers to drop -- and the pooled distinct-1/2 with their jackknife SEs).
+    """
+    c1 = [_counts(samples, 1) for samples in tokens]
+    c2 = [_counts(samples, 2) for samples in tokens]
+    per = {
+        REP: np.array([_nanmean([seq_rep(s) for s in samples]) for samples in tokens], dtype=np.float64),
+        DISTINCT1_WITHIN: np.array([_ratio(c) for c in c1], dtype=np.float64),
+        DISTINCT2_WITHIN: np.array([_ratio(c) for c in c2], dtype=np.float64),
+    }
+    return per, {DISTINCT1: _jackknife(c1), DISTINCT2: _jackknife(c2)}
 
 
 def per_prompt(tokens: Grouped) -> dict[str, np.ndarray]:
-    """Per-prompt values (P,) of the metrics averaged over prompts: rep-n and within-prompt distinct-n.
-    NaN where a prompt's samples have no n-gram (callers drop those prompts from the mean and SE)."""
-    return {
-        REP: _nanmean_rows([[seq_rep(s) for s in samples] for samples in tokens]),
-        DISTINCT1_WITHIN: np.array([distinct(samples, 1) for samples in tokens], dtype=np.float64),
-        DISTINCT2_WITHIN: np.array([distinct(samples, 2) for samples in tokens], dtype=np.float64),
-    }
+    """Per-prompt values (P,) of rep-n and within-prompt distinct-n (see :func:`compute`)."""
+    return compute(tokens)[0]
 
 
 def pooled(tokens: Grouped) -> dict[str, tuple[float, float]]:
     """Corpus-level distinct-1 and distinct-2 over every sample, each with its jackknife SE."""
-    return {DISTINCT1: distinct_jackknife(tokens, 1), DISTINCT2: distinct_jackknife(tokens, 2)}
+    return compute(tokens)[1]
 
 
 def ref_logp_per_token(logp_ref: np.ndarray, lengths: np.ndarray) -> np.ndarray:

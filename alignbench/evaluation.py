@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -130,6 +130,7 @@ class PolicySamples:
     logp_ref: np.ndarray | None = None
     k3: np.ndarray | None = None
     tokens: list[list[list[int]]] | None = None
+    memo: dict[str, Any] = field(default_factory=dict)  # statistics computed once per (cached) sample set
 
 
 class SampledTaskEnv(TaskEnv):
@@ -236,8 +237,11 @@ class SampledTaskEnv(TaskEnv):
         self._put(metrics, "policy/entropy", (-pol.logp).mean(1))
         self._put(metrics, "policy/length", pol.lengths.mean(1))
         self._put_degeneration(metrics, pol.tokens, DG.ref_logp_per_token(pol.logp_ref, pol.lengths))
-        self._put_degeneration(metrics, ref.tokens, DG.ref_logp_per_token(ref.logp_ref, ref.lengths),
-                               ref.lengths.mean(1), name=DG.reference_name)
+        if "degeneration" not in ref.memo:  # the reference's baselines: once per cached sample set
+            self._put_degeneration(ref.memo.setdefault("degeneration", {}), ref.tokens,
+                                   DG.ref_logp_per_token(ref.logp_ref, ref.lengths), ref.lengths.mean(1),
+                                   name=DG.reference_name)
+        metrics.update(ref.memo["degeneration"])
         metrics["reward/ref"] = float(ref.rewards.mean())
         metrics["kl/is_bound"] = 0.0
         if beta is not None:
@@ -358,8 +362,8 @@ class SampledTaskEnv(TaskEnv):
 
     def _sample_tokens(self, smp: Samples, n: int) -> list[list[list[int]]]:
         """[prompt][sample] completion token ids of ``smp`` (n per prompt), special tokens dropped."""
-        cm = smp.completion_mask[:, -smp.completions.shape[1]:].bool()
-        rows = [row[m].tolist() for row, m in zip(smp.completions, cm)]
+        cm = smp.completion_mask[:, -smp.completions.shape[1]:].tolist()
+        rows = [[t for t, m in zip(row, mask) if m] for row, mask in zip(smp.completions.tolist(), cm)]
         return DG.group(DG.strip_special(rows, self._special_ids()), n)
 
     def _special_ids(self) -> set[int]:
@@ -389,9 +393,10 @@ class SampledTaskEnv(TaskEnv):
     def _put_degeneration(self, metrics: dict[str, float], tokens: list[list[list[int]]], ref_logp: np.ndarray,
                           lengths: np.ndarray | None = None, name=lambda k: k) -> None:
         """The :mod:`~alignbench.degeneration` metrics of samples grouped by prompt, under ``name(key)``."""
-        for key, per in DG.per_prompt(tokens).items():
+        per_prompt, pooled = DG.compute(tokens)
+        for key, per in per_prompt.items():
             self._put(metrics, name(key), per[np.isfinite(per)])
-        for key, (value, se) in DG.pooled(tokens).items():
+        for key, (value, se) in pooled.items():
             metrics[name(key)], metrics[name(key) + "_se"] = value, se
         self._put(metrics, name(DG.REF_LOGP), ref_logp)
         if lengths is not None:

@@ -608,6 +608,7 @@ class ExactEnv(TaskEnv):
         cfg = self.config
         return {
             "kl_estimator": "exact",
+            "has_text": False,  # responses are token ids: the report shows its response table, not text
             "num_prompts": cfg.num_prompts,
             "vocab_size": cfg.vocab_size,
             "length": cfg.length,
