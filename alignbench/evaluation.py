@@ -194,8 +194,11 @@ class SampledTaskEnv(TaskEnv):
             ids, am, cm = smp.right_padded(self._pad_id())
             t = self.temperature if self.temperature > 0 else 1.0
             lp, lp_tok, _ = batched_sequence_logps(model, ids, am, cm, temperature=t, batch_size=self.eval_batch_size)
-            lr, lr_tok, _ = batched_sequence_logps(self.reference, ids, am, cm, temperature=t,
-                                                   batch_size=self.eval_batch_size)
+            if model is self.reference:  # the reference's own samples: the same forward
+                lr, lr_tok = lp, lp_tok
+            else:
+                lr, lr_tok, _ = batched_sequence_logps(self.reference, ids, am, cm, temperature=t,
+                                                       batch_size=self.eval_batch_size)
             # per-token k3 summed over the completion: E[rho_t - 1 | prefix] = 0 under pi, so the sum
             # is an unbiased, non-negative estimate of the sequence KL (masked positions give 0)
             log_rho = (lr_tok - lp_tok).double()

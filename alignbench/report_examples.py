@@ -183,6 +183,7 @@ def _text_examples(task: str, summary: pd.DataFrame, ex: pd.DataFrame) -> str:
     chosen, budget = tagged_picks(summary, task)
     runs = [(u, tag, *first_run(u, summary)) for u, tag in chosen]
     pol = ex[ex["policy"] != REF_LABEL]
+    runs = [r for r in runs if (pol["run_id"] == r[2]).any()]  # runs that saved completions
     saved = [list(pol.loc[pol["run_id"] == rid, "prompt"].unique()) for _, _, rid, _, _ in runs]
     ref = ex[ex["policy"] == REF_LABEL]
     if not saved or ref.empty:
