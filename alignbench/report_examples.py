@@ -172,7 +172,7 @@ def section_examples(out: Path, summary: pd.DataFrame, runs: dict[str, Any] | No
     head = ["## What the policies write", ""]
     if not ex.empty:
         head += [f"All saved completions with their gold rewards, per run: `{EXAMPLES_CSV}`.", ""]
-    return "\n".join(head) + "\n".join(parts)
+    return "\n".join(head) + "\n" + "\n".join(parts)
 
 
 def _seed_note(seed: Any, n: int) -> str:
@@ -208,7 +208,8 @@ def _text_examples(task: str, summary: pd.DataFrame, ex: pd.DataFrame) -> str:
             s = pol[(pol["run_id"] == rid) & (pol["prompt"] == p) & (pol["sample"] == 0)]
             if s.empty:
                 continue
-            rows.append({"policy": f"{u.label} [{tag}]{_seed_note(seed, n)}", "KL": u.kl,
+            bound = " (KL: upper bound)" if u.kl_is_bound else ""
+            rows.append({"policy": f"{u.label} [{tag}]{bound}{_seed_note(seed, n)}", "KL": u.kl,
                          "gold reward": float(s["reward"].iloc[0]), "completion": s["completion"].iloc[0]})
         lines += [f"**prompt:** `{p}`", "", _md_table(pd.DataFrame(rows), floatfmt=".2f")]
     return "\n".join(lines)
@@ -226,24 +227,27 @@ def _table_examples(task: str, summary: pd.DataFrame, data: W.ResultsData) -> st
         return ""
     beta = optimal_beta_at_kl(ref, rew, budget)
     target = X.optimal_logp(ref, rew, beta)
-    policies = [(REF_LABEL, 0.0, ref), (f"π*_β (β={beta:.3g}, KL={budget:g})", float(X.kl(target, ref)), target)]
+    policies = [(REF_LABEL, ref), (f"π*_β (β={beta:.3g}, KL={budget:g})", target)]
     for u, tag in chosen:
         rid, seed, n = first_run(u, summary)
         ef = data.eval_final(rid) or {}
         if "logp" in ef:
             lp = torch.as_tensor(np.asarray(ef["logp"], np.float64))
-            policies.append((f"{u.label} [{tag}]{_seed_note(seed, n)}", u.kl, lp))
+            policies.append((f"{u.label} (KL {u.kl:.2g}) [{tag}]{_seed_note(seed, n)}", lp))
     prompts = pick_prompts([all_prompts], N_PROMPTS_TABLE)
     lines = [f"### {task}: most probable responses", "",
              f"Per prompt, each policy's {TOP_K} most probable responses with probability p and gold reward r, "
              f"against the optimal policy π*_β = π_ref exp(r/β)/Z at the same KL budget (β solved for "
-             f"KL(π*_β ‖ π_ref) = {budget:g} nats); methods at their best sweep value and closest to that budget.", ""]
+             f"KL(π*_β ‖ π_ref) = {budget:g} nats, mean over prompts); methods at their best sweep value and "
+             "closest to that budget (their mean KL in brackets); KL and E[r] of the prompt shown.", ""]
     for p in prompts:
         k = all_prompts.index(p)
         rows = []
-        for label, kl, lp in policies:
+        for label, lp in policies:
             top = torch.topk(lp[k], min(TOP_K, lp.shape[1])).indices.tolist()
-            row = {"policy": label, "KL": kl, "E[r]": float((lp[k].exp() * rew[k]).sum())}
+            probs = lp[k].exp()
+            row = {"policy": label, "KL (this prompt)": float((probs * (lp[k] - ref[k])).sum()),
+                   "E[r]": float((probs * rew[k]).sum())}
             for i, y in enumerate(top, 1):
                 row[f"#{i}"] = f"`{responses[y]}` p={math.exp(float(lp[k, y])):.2f} r={float(rew[k, y]):+.2f}"
             rows.append(row)

@@ -74,7 +74,8 @@ def main() -> None:
         share.append(s_on / t_on)
     EV.SampledTaskEnv._sample_tokens, EV.SampledTaskEnv._put_degeneration = real_tokens, real_put
     print(f"evaluate: {len(env.prompts['eval'])} prompts x {env.n_eval_samples} samples, {args.repeats} repeats")
-    print(f"median with degeneration {statistics.median(on) * 1e3:.1f} ms, without {statistics.median(off) * 1e3:.1f} ms")
+    print(f"median with degeneration {statistics.median(on) * 1e3:.1f} ms, "
+          f"without {statistics.median(off) * 1e3:.1f} ms")
     print(f"median ratio with/without {statistics.median(ratio):.4f}; "
           f"degeneration code's share of an evaluation (median) {100 * statistics.median(share):.2f}%")
 

@@ -14,7 +14,6 @@ from alignbench import degeneration as DG
 from alignbench import exact as X
 from alignbench import report as R
 from alignbench import report_examples as E
-from alignbench import winrates as W
 from alignbench.registry import discover, methods, tasks
 
 P, N_SAMPLES, K, NR = 10, 4, 3, 6
@@ -168,6 +167,9 @@ def test_enumerable_task_shows_top_responses_against_the_optimal_policy(tmp_path
     star = next(r for r in rows[f"<p{k}>"] if r[0].startswith("π*_β"))
     y = int(torch.argmax(target[k]))
     assert star[3] == f"`r{y}` p={math.exp(float(target[k, y])):.2f} r={float(reward[k, y]):+.2f}"
+    p = target[k].exp()
+    assert float(star[1]) == pytest.approx(float((p * (target[k] - ref[k])).sum()), abs=0.006)  # KL of this prompt
+    assert float(star[2]) == pytest.approx(float((p * reward[k]).sum()), abs=0.006)
 
 
 def _string_literals(path: Path) -> set[str]:
