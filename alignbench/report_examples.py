@@ -334,7 +334,7 @@ def plot_degeneration(out: Path, task: str, ud: pd.DataFrame) -> Path | None:
         if not ref.empty:
             ax.axhline(float(ref.median()), color="black", ls="--", lw=1, label=REF_LABEL)
         ax.set_xscale("symlog", linthresh=0.1)
-        ax.set_xlim(left=0)
+        ax.set_xlim(0, max(float(d["kl"].max()), 0.1) * 1.3)
         ax.set_xlabel("KL(π ‖ π_ref)  [nats]")
         ax.set_title(f"{task}: {lab}")
     axes[0][0].legend(fontsize=7)
