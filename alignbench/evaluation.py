@@ -17,7 +17,10 @@ policy (seeded, at the task's temperature) and reports, each with a standard err
 * ``reward/ref``       the reference's mean gold reward on the same prompts (its cached samples);
 * ``reward/kl_penalized`` reward/gold - beta * kl/ref, when ``evaluate`` is given the run's beta;
 * ``kl/is_bound``      0 here; 1 from :meth:`SampledTaskEnv.evaluate_samples` when the KL passed in is
-                       only an upper bound (the analytic best-of-N value).
+                       only an upper bound (the analytic best-of-N value);
+* ``degen/*``          degeneration of the samples (repetition, distinct-n, fluency under the reference),
+                       defined and cited in :mod:`alignbench.degeneration`, with the reference's values on
+                       its own samples as ``reference/*``.
 
 Standard errors treat prompts as the unit: samples are averaged within a prompt, and the SE is the
 standard deviation of the per-prompt means over sqrt(number of prompts).
@@ -36,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import degeneration as DG
 from .api import EvalResult, GenerationSpec, TaskEnv
 from .generation import Samples, sample
 from .logprobs import sequence_logps
@@ -115,7 +119,8 @@ class PolicySamples:
     """Samples of one model on a list of unique prompts, n per prompt, with their statistics.
 
     rewards, logp, logp_ref, k3, lengths: (P, n) arrays (logp / logp_ref / k3 only where computed);
-    texts: P lists of n completion texts (special tokens dropped).
+    texts: P lists of n completion texts (special tokens dropped);
+    tokens: P lists of n completion token-id lists (end token and padding dropped), for degeneration.
     """
 
     prompts: list[str]
@@ -125,6 +130,8 @@ class PolicySamples:
     logp: np.ndarray | None = None
     logp_ref: np.ndarray | None = None
     k3: np.ndarray | None = None
+    tokens: list[list[list[int]]] | None = None
+    memo: dict[str, Any] = field(default_factory=dict)  # statistics computed once per (cached) sample set
 
 
 class SampledTaskEnv(TaskEnv):
@@ -135,6 +142,7 @@ class SampledTaskEnv(TaskEnv):
     """
 
     exact = False
+    has_text = True  # completions are text: the report shows examples and degeneration metrics
     kl_estimator = KL_ESTIMATOR
 
     def __init__(self, *, task_name: str, tokenizer: Any, reference: nn.Module, reference_dir: Path,
@@ -181,13 +189,17 @@ class SampledTaskEnv(TaskEnv):
         rewards = self.gold_reward(rep, smp.texts).detach().float().cpu().numpy()
         lengths = smp.lengths.float().cpu().numpy()
         texts = [smp.texts[i * n:(i + 1) * n] for i in range(len(prompts))]
-        out = PolicySamples(prompts, texts, rewards.reshape(len(prompts), n), lengths.reshape(len(prompts), n))
+        out = PolicySamples(prompts, texts, rewards.reshape(len(prompts), n), lengths.reshape(len(prompts), n),
+                            tokens=self._sample_tokens(smp, n))
         if score_logps:
             ids, am, cm = smp.right_padded(self._pad_id())
             t = self.temperature if self.temperature > 0 else 1.0
             lp, lp_tok, _ = batched_sequence_logps(model, ids, am, cm, temperature=t, batch_size=self.eval_batch_size)
-            lr, lr_tok, _ = batched_sequence_logps(self.reference, ids, am, cm, temperature=t,
-                                                   batch_size=self.eval_batch_size)
+            if model is self.reference:  # the reference's own samples: the same forward
+                lr, lr_tok = lp, lp_tok
+            else:
+                lr, lr_tok, _ = batched_sequence_logps(self.reference, ids, am, cm, temperature=t,
+                                                       batch_size=self.eval_batch_size)
             # per-token k3 summed over the completion: E[rho_t - 1 | prefix] = 0 under pi, so the sum
             # is an unbiased, non-negative estimate of the sequence KL (masked positions give 0)
             log_rho = (lr_tok - lp_tok).double()
@@ -206,7 +218,8 @@ class SampledTaskEnv(TaskEnv):
             hit = self._ref_cache.get(key)
         if hit is not None:
             return hit
-        ref = self.draw(self.reference, prompts, self.n_eval_samples, seed=derive_seed(seed, "reference"))
+        ref = self.draw(self.reference, prompts, self.n_eval_samples, seed=derive_seed(seed, "reference"),
+                        score_logps=True)
         with self._lock:
             self._ref_cache[key] = ref
         return ref
@@ -227,6 +240,12 @@ class SampledTaskEnv(TaskEnv):
         self._put(metrics, "winrate/vs_ref", per_win)
         self._put(metrics, "policy/entropy", (-pol.logp).mean(1))
         self._put(metrics, "policy/length", pol.lengths.mean(1))
+        self._put_degeneration(metrics, pol.tokens, DG.ref_logp_per_token(pol.logp_ref, pol.lengths))
+        if "degeneration" not in ref.memo:  # the reference's baselines: once per cached sample set
+            self._put_degeneration(ref.memo.setdefault("degeneration", {}), ref.tokens,
+                                   DG.ref_logp_per_token(ref.logp_ref, ref.lengths), ref.lengths.mean(1),
+                                   name=DG.reference_name)
+        metrics.update(ref.memo["degeneration"])
         metrics["reward/ref"] = float(ref.rewards.mean())
         metrics["kl/is_bound"] = 0.0
         if beta is not None:
@@ -242,6 +261,8 @@ class SampledTaskEnv(TaskEnv):
             "kl": per_kl.tolist(),
             "winrate": per_win.tolist(),
             "completions": [t[: self.n_example_completions] for t in pol.texts],
+            # the reference's first samples for the same prompts (gold rewards: ref_rewards[:, :k])
+            "ref_completions": [t[: self.n_example_completions] for t in ref.texts],
         }
         return EvalResult(metrics=metrics, per_prompt=per_prompt)
 
@@ -277,10 +298,9 @@ class SampledTaskEnv(TaskEnv):
         if len(prompts) != len(completions) or not prompts:
             raise ValueError("evaluate_samples: prompts and completions must be non-empty and of equal length")
         rewards = self.gold_reward(prompts, completions).detach().float().cpu().numpy().astype(np.float64)
-        if lengths is None:
-            lens = self._text_lengths(completions)
-        else:
-            lens = np.asarray(lengths, dtype=np.float64)
+        token_ids = self._completion_ids(completions)
+        lens = np.asarray([len(x) for x in token_ids] if lengths is None else lengths, dtype=np.float64)
+        ref_lp = self._reference_logps(prompts, token_ids)
         groups: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
             groups.setdefault(p, []).append(i)
@@ -295,6 +315,18 @@ class SampledTaskEnv(TaskEnv):
         self._put(metrics, N.GOLD, per_reward)
         self._put(metrics, "winrate/vs_ref", per_win)
         self._put(metrics, "policy/length", per_len)
+        special = self._special_ids()
+        toks = [[[t for t in token_ids[i] if t not in special] for i in groups[p]] for p in uniq]
+        per_lp = np.array([(ref_lp[groups[p]] / np.maximum(lens[groups[p]], 1.0)).mean() for p in uniq])
+        self._put_degeneration(metrics, toks, per_lp)
+        # the reference's baselines on as many of its samples per prompt as the policy has (distinct-n
+        # grows as the corpus shrinks, so the counts must match)
+        k = [len(groups[p]) for p in uniq]
+        ref_sel = [(ref_rows[p], min(c, ref.rewards.shape[1])) for p, c in zip(uniq, k)]
+        self._put_degeneration(metrics, [ref.tokens[i][:c] for i, c in ref_sel],
+                               np.array([(ref.logp_ref[i, :c] / np.maximum(ref.lengths[i, :c], 1.0)).mean()
+                                         for i, c in ref_sel]),
+                               np.array([ref.lengths[i, :c].mean() for i, c in ref_sel]), name=DG.reference_name)
         metrics["reward/ref"] = float(np.mean([ref.rewards[ref_rows[p]].mean() for p in uniq]))
         if kl is not None:
             metrics[N.KL] = float(kl)
@@ -308,25 +340,71 @@ class SampledTaskEnv(TaskEnv):
             "ref_rewards": np.stack([ref.rewards[ref_rows[p]] for p in uniq]).tolist(),
             "winrate": per_win.tolist(),
             "completions": [[completions[i] for i in groups[p][: self.n_example_completions]] for p in uniq],
+            "ref_completions": [ref.texts[ref_rows[p]][: self.n_example_completions] for p in uniq],
         }
         return EvalResult(metrics=metrics, per_prompt=per_prompt)
 
     def _text_lengths(self, completions: list[str]) -> np.ndarray:
-        """Completion lengths in tokens, counted as ``evaluate`` counts them (the end token included).
+        """Completion lengths in tokens, counted as ``evaluate`` counts them (the end token included)."""
+        return np.asarray([len(x) for x in self._completion_ids(completions)], dtype=np.float64)
+
+    def _completion_ids(self, completions: list[str]) -> list[list[int]]:
+        """Token ids of completion texts as sampled: re-tokenized, with the end token put back.
 
         Texts from :func:`~alignbench.generation.sample` drop the end token; a completion shorter than
-        ``max_new_tokens`` can only have stopped at it, so one token is added back there.
+        ``max_new_tokens`` can only have stopped at it, so it is added back there.
         """
         spec = self.generation
         eos = spec.eos_token_id
-        ids = self.tokenizer(completions, add_special_tokens=False)["input_ids"]
         out = []
-        for x in ids:
-            n = len(x)
-            if not spec.fixed_length and eos is not None and eos not in x and n < spec.max_new_tokens:
-                n += 1
-            out.append(min(n, spec.max_new_tokens))
-        return np.asarray(out, dtype=np.float64)
+        for x in self.tokenizer(completions, add_special_tokens=False)["input_ids"]:
+            x = list(x)
+            if not spec.fixed_length and eos is not None and eos not in x and len(x) < spec.max_new_tokens:
+                x.append(int(eos))
+            out.append(x[: spec.max_new_tokens])
+        return out
+
+    def _sample_tokens(self, smp: Samples, n: int) -> list[list[list[int]]]:
+        """[prompt][sample] completion token ids of ``smp`` (n per prompt), special tokens dropped."""
+        cm = smp.completion_mask[:, -smp.completions.shape[1]:].tolist()
+        rows = [[t for t, m in zip(row, mask) if m] for row, mask in zip(smp.completions.tolist(), cm)]
+        return DG.group(DG.strip_special(rows, self._special_ids()), n)
+
+    def _special_ids(self) -> set[int]:
+        """Token ids left out of the degeneration n-grams: the end token and the tokenizer's special
+        tokens (dropped from the texts too, so the n-grams are those of the text)."""
+        ids = set(getattr(self.tokenizer, "all_special_ids", None) or [])
+        if not self.generation.fixed_length and self.generation.eos_token_id is not None:
+            ids.add(self.generation.eos_token_id)
+        return {int(i) for i in ids}
+
+    def _reference_logps(self, prompts: list[str], completion_ids: list[list[int]]) -> np.ndarray:
+        """(B,) summed reference log-probs of given completions (token ids) after their prompts."""
+        rows = [list(p) + list(c) for p, c in zip(self.tokenizer(prompts, add_special_tokens=False)["input_ids"],
+                                                   completion_ids)]
+        width = max(max(len(r) for r in rows), 2)
+        ids = torch.full((len(rows), width), self._pad_id(), dtype=torch.long)
+        am = torch.zeros_like(ids)
+        cm = torch.zeros_like(ids)
+        for i, (r, c) in enumerate(zip(rows, completion_ids)):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            am[i, : len(r)] = 1
+            cm[i, len(r) - len(c): len(r)] = 1
+        t = self.temperature if self.temperature > 0 else 1.0
+        lp, _, _ = batched_sequence_logps(self.reference, ids, am, cm, temperature=t, batch_size=self.eval_batch_size)
+        return lp.double().numpy()
+
+    def _put_degeneration(self, metrics: dict[str, float], tokens: list[list[list[int]]], ref_logp: np.ndarray,
+                          lengths: np.ndarray | None = None, name=lambda k: k) -> None:
+        """The :mod:`~alignbench.degeneration` metrics of samples grouped by prompt, under ``name(key)``."""
+        per_prompt, pooled = DG.compute(tokens)
+        for key, per in per_prompt.items():
+            self._put(metrics, name(key), per[np.isfinite(per)])
+        for key, (value, se) in pooled.items():
+            metrics[name(key)], metrics[name(key) + "_se"] = value, se
+        self._put(metrics, name(DG.REF_LOGP), ref_logp)
+        if lengths is not None:
+            self._put(metrics, name(DG.LENGTH), lengths)
 
     @staticmethod
     def _put(metrics: dict[str, float], key: str, per_prompt: np.ndarray) -> None:
@@ -343,4 +421,5 @@ class SampledTaskEnv(TaskEnv):
             "n_eval_prompts": len(self.prompts["eval"]),
             "n_eval_samples": self.n_eval_samples,
             "max_new_tokens": self.generation.max_new_tokens,
+            "has_text": bool(self.has_text),
         }

@@ -596,8 +596,11 @@ class ExactEnv(TaskEnv):
         return float(X.bt_win_rate(a, b, self.reward_table))
 
     def artifacts(self) -> dict[str, Any]:
-        """Saved once per sweep as DIR/task_exact.npz: the gold reward table for head-to-head win rates."""
-        return {"reward": self.reward_table.float(), "prompts": list(self.prompt_strings)}
+        """Saved once per sweep as DIR/task_exact.npz: the gold reward table (head-to-head win rates), the
+        reference's normalised log-prob table ``ref_logp`` (K, N) and the N response strings, so that the
+        report can show pi*_beta = pi_ref exp(r / beta) / Z next to each policy's most probable responses."""
+        return {"reward": self.reward_table.float(), "prompts": list(self.prompt_strings),
+                "ref_logp": self.ref_logp_table.float(), "responses": list(self.responses)}
 
     def notes(self) -> list[str]:
         if self.config.labels != "deterministic":
@@ -610,6 +613,7 @@ class ExactEnv(TaskEnv):
         cfg = self.config
         return {
             "kl_estimator": "exact",
+            "has_text": False,  # responses are token ids: the report shows its response table, not text
             "num_prompts": cfg.num_prompts,
             "vocab_size": cfg.vocab_size,
             "length": cfg.length,

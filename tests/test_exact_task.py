@@ -76,7 +76,11 @@ def test_reference_is_exactly_the_reference(env):
     assert torch.equal(env.logp_table(env.reference), env.ref_logp_raw)
     assert res.per_prompt["prompts"] == env.prompts["eval"]
     assert np.allclose(np.array(res.per_prompt["logp"]), env.ref_logp_table.numpy(), atol=1e-5)
-    assert np.allclose(np.asarray(env.artifacts()["reward"]), env.reward_table.numpy(), atol=1e-6)
+    arts = env.artifacts()
+    assert np.allclose(np.asarray(arts["reward"]), env.reward_table.numpy(), atol=1e-6)
+    # the reference table and response strings, for the report's pi*_beta next to each policy
+    assert np.allclose(np.asarray(arts["ref_logp"]), env.ref_logp_table.numpy(), atol=1e-6)
+    assert arts["responses"][5] == env.responses[5] and env.response_index([arts["responses"][5]]).item() == 5
     # the data's chosen responses were preferred under BT on the gold reward, so the reference loses to them
     assert 0.0 < res.metrics["winrate/vs_chosen"] < 0.5
 

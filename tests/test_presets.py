@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from alignbench import degeneration as DG
 from alignbench.config import from_mapping
 from alignbench.data import tokenize
 from alignbench.errors import AlignbenchError
@@ -149,6 +150,12 @@ def test_preset_runs_offline_on_local_copies(name, assets, tmp_path):
         assert key in m
     assert m["kl/ref"] == pytest.approx(0.0, abs=1e-4)
     assert 0.0 <= m["winrate/vs_ref"] <= 1.0
+    # degeneration metrics and reference examples from the shared SampledTaskEnv code; the task has text
+    for key in DG.METRICS:
+        assert key in m and DG.reference_name(key) in m, key
+    assert m[DG.REF_LOGP] < 0 and 0.0 < m[DG.DISTINCT1] <= 1.0
+    assert env.describe()["has_text"] is True
+    assert len(res.per_prompt["ref_completions"]) == len(env.prompts["eval"])
     assert len(res.per_prompt["reward"]) == len(env.prompts["eval"])
     _dpo_step(env)
     # a second setup reuses the cached SFT model and data
