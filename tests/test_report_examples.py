@@ -1,4 +1,4 @@
-"""The examples and degeneration sections (alignbench.report_examples) from hand-built results folders."""
+"""The examples and degeneration sections (alignbench.report.examples) from hand-built results folders."""
 
 import ast
 import json
@@ -13,7 +13,7 @@ import torch
 from alignbench import degeneration as DG
 from alignbench import exact as X
 from alignbench import report as R
-from alignbench import report_examples as E
+from alignbench.report import examples as E
 from alignbench.registry import discover, methods, tasks
 
 P, N_SAMPLES, K, NR = 10, 4, 3, 6
@@ -184,9 +184,9 @@ def test_report_code_names_no_method_or_task():
     discover()
     names = set(methods()) | set(tasks())
     import alignbench.degeneration
-    import alignbench.report_examples
+    import alignbench.report.examples
 
-    for mod in (alignbench.report_examples, alignbench.degeneration):
+    for mod in (alignbench.report.examples, alignbench.degeneration):
         lits = _string_literals(Path(mod.__file__))
         assert not names & lits, (mod.__name__, names & lits)
         words = {w.strip("`'\".,:;()[]") for s in lits for w in s.replace("-", " ").split()}

@@ -11,6 +11,7 @@ import pandas as pd
 from .. import diagnostics as D
 from ..core import ReportContext, register_section
 from ..diagnosis import Diagnosis
+from ..examples import degeneration_columns
 from ..render import md_table, num
 from ..schema import sym
 
@@ -41,13 +42,13 @@ def section_diagnostics(ctx: ReportContext) -> str:
                      "against d = √KL with the fitted R(d) = R0 + d(α − b log d).\n")
         for name in proxy:
             parts.append(f"![{name}]({name})\n")
-    parts.append(section_per_run_table(diag.per_run))
+    parts.append(section_per_run_table(diag.per_run, degeneration_columns(ctx.runs)))
     parts.append(section_gao(diag))
     parts.append(section_kl_growth(ctx, diag, figs))
     return "\n".join(parts)
 
 
-def section_per_run_table(per_run: pd.DataFrame) -> str:
+def section_per_run_table(per_run: pd.DataFrame, degeneration: pd.DataFrame | None = None) -> str:
     parts = ["### Per-run diagnostics\n"]
     if per_run.empty or "n_evals" not in per_run or (per_run["n_evals"] <= 1).all():
         parts.append("_none_ (no run with more than one evaluation)\n")
@@ -72,6 +73,11 @@ def section_per_run_table(per_run: pd.DataFrame) -> str:
     col("overfit", "overfit", yn)
     col("log-ratio chosen", "final_logratio_chosen", lambda v: num(v, ".2f"))
     col("log-ratio rejected", "final_logratio_rejected", lambda v: num(v, ".2f"))
+    if degeneration is not None and not degeneration.empty:  # final evaluation's degeneration metrics, by run id
+        for name in ("rep-2", "distinct-2"):
+            if name in degeneration:
+                vals = degeneration[name].reindex(pr["run_id"].astype(str)).to_numpy()
+                table[name] = ["" if not np.isfinite(v) else f"{v:.3f}" for v in vals]
     col("KL growth, last third", "kl_rel_growth_last_third", lambda v: "" if not np.isfinite(v) else f"{100 * v:+.0f}%")
     col("still moving", "converged", lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
         else ("no" if bool(v) else "**yes**"))

@@ -8,6 +8,7 @@ import pandas as pd
 from .. import diagnostics as D
 from ..core import ReportContext, register_section
 from ..diagnosis import Diagnosis
+from ..examples import findings_degeneration
 from ..schema import sym
 from ..winrates import fmt_ci
 from .diagnostics import kl_bounded_statement
@@ -187,6 +188,7 @@ def section_findings(ctx: ReportContext) -> str:
              "where the 95% interval over seeds (training runs) of the difference excludes 0 (win rates: 0.5); each "
              "statement gives its number of seeds n.", ""]
     lines = findings_frontier(summary, ctx.ranking) + findings_winrates(wr) + findings_diagnostics(diag)
+    lines += [f"- Degeneration: {f}" for f in findings_degeneration(ctx.out, summary, ctx.runs)]
     n_fail = int((summary["status"] != "ok").sum())
     if n_fail:
         lines.append(f"- {n_fail} of {len(summary)} runs failed (see below).")

@@ -35,11 +35,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import degeneration as DG
-from . import exact as X
-from . import io
+from .. import degeneration as DG
+from .. import exact as X
+from .. import io
 from . import winrates as W
-from .report import _md_table, _save, method_palette
+from .render import md_table as _md_table
+from .render import method_palette
+from .render import save_figure as _save
 
 N_PROMPTS = 6  # evaluation prompts shown per text task
 N_PROMPTS_TABLE = 3  # prompts shown per task with an enumerable response table
@@ -344,8 +346,10 @@ def plot_degeneration(out: Path, task: str, ud: pd.DataFrame) -> Path | None:
     return path
 
 
-def section_degeneration(out: Path, summary: pd.DataFrame, runs: dict[str, Any]) -> str:
-    """One figure per task of the degeneration metrics against KL (see :mod:`alignbench.degeneration`)."""
+def section_degeneration(out: Path, summary: pd.DataFrame, runs: dict[str, Any],
+                         figures: list[Path] | None = None) -> str:
+    """One figure per task of the degeneration metrics against KL (see :mod:`alignbench.degeneration`);
+    the figures drawn are appended to ``figures``."""
     ud = unit_degeneration(summary, runs)
     if ud.empty:
         return ""
@@ -358,8 +362,9 @@ def section_degeneration(out: Path, summary: pd.DataFrame, runs: dict[str, Any])
         path = plot_degeneration(out, task, ud)
         if path is not None:
             lines += [f"![degeneration {task}]({path.name})", ""]
-    lines += [f"- {f}" for f in findings_degeneration(out, summary, runs, ud)]
-    return "\n".join(lines) + "\n"
+            if figures is not None:
+                figures.append(path)
+    return "\n".join(lines) + "\n"  # its findings are in the Findings section (findings_degeneration)
 
 
 def findings_degeneration(out: Path, summary: pd.DataFrame, runs: dict[str, Any],
