@@ -122,7 +122,7 @@ def discover() -> None:
     if _discovered:
         return
     _discovered = True
-    for package in ("methods", "tasks"):
+    for package in ("alignbench.methods", "alignbench.tasks"):
         _import_package_modules(package)
     for group in ("alignbench.methods", "alignbench.tasks"):
         for ep in entry_points(group=group):

@@ -141,7 +141,7 @@ _MASKED_CLS: type | None = None
 
 
 def _masked_gpt2_class() -> type:
-    """Build :class:`ResponseMaskedGPT2` on first use (keeps ``import tasks.exact`` free of transformers)."""
+    """Build :class:`ResponseMaskedGPT2` on first use (keeps ``import alignbench.tasks.exact`` free of transformers)."""
     global _MASKED_CLS
     if _MASKED_CLS is not None:
         return _MASKED_CLS
@@ -186,7 +186,7 @@ def _masked_gpt2_class() -> type:
     return _MASKED_CLS
 
 
-def __getattr__(name: str) -> Any:  # PEP 562: ``from tasks.exact import ResponseMaskedGPT2`` builds it lazily
+def __getattr__(name: str) -> Any:  # PEP 562: ``from alignbench.tasks.exact import ResponseMaskedGPT2`` builds it lazily
     if name == "ResponseMaskedGPT2":
         return _masked_gpt2_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

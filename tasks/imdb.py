@@ -24,7 +24,7 @@ import numpy as np
 from alignbench.config import check_int, check_nonnegative, param
 from alignbench.errors import ConfigError
 from alignbench.generation import sample
-from tasks._presets import PresetConfig, PresetContext, PresetTask, completion_texts, pairs_from_scores
+from alignbench.tasks._presets import PresetConfig, PresetContext, PresetTask, completion_texts, pairs_from_scores
 from alignbench.registry import register_task
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignbench.config import param
-from tasks._presets import DatasetPairsTask, PairsPresetConfig
+from alignbench.tasks._presets import DatasetPairsTask, PairsPresetConfig
 from alignbench.registry import register_task
 
 

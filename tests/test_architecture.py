@@ -14,18 +14,20 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("alignbench", "methods", "tasks")
+# repository folder -> the package it installs as (pyproject.toml: package-dir)
+PACKAGES = {"alignbench": "alignbench", "methods": "alignbench.methods", "tasks": "alignbench.tasks"}
 
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    parts = PACKAGES[parts[0]].split(".") + parts[1:]
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
 
 def project_modules() -> dict[str, Path]:
-    return {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    return {module_name(p): p for folder in PACKAGES for p in (ROOT / folder).rglob("*.py")}
 
 
 def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
@@ -95,7 +97,11 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 
 def top(name: str) -> str:
-    return name.split(".")[0]
+    """The part a module belongs to: "methods", "tasks", or "alignbench" (the harness, report included)."""
+    for part in ("methods", "tasks"):
+        if name == f"alignbench.{part}" or name.startswith(f"alignbench.{part}."):
+            return part
+    return "alignbench"
 
 
 def test_the_graph_sees_known_imports():
@@ -103,6 +109,8 @@ def test_the_graph_sees_known_imports():
     assert "alignbench.config" in g["alignbench.api"]
     assert "alignbench.trainer" in g["alignbench.runner"]  # a lazy import inside a function
     assert "alignbench.report.schema" in g["alignbench.report.winrates"]  # a relative import
+    assert "alignbench.tasks._presets" in g["alignbench.tasks.imdb"]  # a plugin's import of a shared private module
+    assert top("alignbench.methods.dpo") == "methods" and top("alignbench.report") == "alignbench"
 
 
 def test_no_import_cycle_in_the_harness():
@@ -125,9 +133,9 @@ def test_methods_and_tasks_never_import_each_other():
     bad = []
     for n, deps in graph().items():
         for m in deps:
-            if top(n) == "methods" and top(m) in ("methods", "tasks") and m != "methods":
+            if top(n) == "methods" and top(m) in ("methods", "tasks") and m != "alignbench.methods":
                 bad.append((n, m))
-            if top(n) == "tasks" and (top(m) == "methods" or (top(m) == "tasks" and m != "tasks"
+            if top(n) == "tasks" and (top(m) == "methods" or (top(m) == "tasks" and m != "alignbench.tasks"
                                                                  and not m.split(".")[-1].startswith("_"))):
                 bad.append((n, m))
     assert bad == []
@@ -135,3 +143,22 @@ def test_methods_and_tasks_never_import_each_other():
 
 def test_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_plugins_install_inside_the_alignbench_namespace(tmp_path):
+    """A folder holding its own tasks.py and methods/ neither shadows alignbench's plugins nor is shadowed."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "tasks.py").write_text("raise RuntimeError('the local tasks.py was imported')\n")
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "__init__.py").write_text("raise RuntimeError('the local methods/ was imported')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-m", "alignbench", "list"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "dpo" in out.stdout and "exact" in out.stdout and "Traceback" not in out.stderr
+    import alignbench.methods.dpo
+
+    assert Path(alignbench.methods.dpo.__file__).resolve() == ROOT / "methods" / "dpo.py"

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SAME_NAME_PLUGIN = '''
 from alignbench.registry import register_method
-from methods.dpo import DPO as _Builtin
+from alignbench.methods.dpo import DPO as _Builtin
 
 @register_method("dpo")
 class DPO(_Builtin):
@@ -120,7 +120,7 @@ def test_same_module_imported_again_is_idempotent():
     import importlib
 
     from alignbench.registry import get_method
-    import methods.dpo as dpo
+    import alignbench.methods.dpo as dpo
 
     importlib.reload(dpo)  # the same class from the same file registers again without complaint
     assert get_method("dpo") is dpo.DPO
@@ -202,7 +202,7 @@ def test_default_run_ids_unchanged_and_threads_change_them(monkeypatch):
 
     specs = _plan(**{**default, "device": "cpu"}).specs
     # (plugins that other tests registered in this process join a task's default set: leave them out)
-    ids = [s.run_id for s in specs if get_method(s.method).__module__.startswith("methods.")]
+    ids = [s.run_id for s in specs if get_method(s.method).__module__.startswith("alignbench.methods.")]
     assert ids == committed
     threads = torch.get_num_threads()
     monkeypatch.setenv("OMP_NUM_THREADS", "2")

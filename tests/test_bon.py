@@ -14,7 +14,7 @@ from alignbench.errors import ConfigError
 from .conftest import SMALL_EXACT
 from alignbench.registry import get_method, get_task
 from alignbench.runner import RunSpec, execute
-from methods.bon import BestOfN, BestOfNConfig, bon_kl_bound, rm_score_table
+from alignbench.methods.bon import BestOfN, BestOfNConfig, bon_kl_bound, rm_score_table
 
 CPU = torch.device("cpu")
 

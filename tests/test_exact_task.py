@@ -12,7 +12,7 @@ import torch
 from alignbench import exact as X
 from alignbench.config import from_mapping
 from alignbench.errors import ConfigError, DataError
-from tasks.exact import ExactConfig, ExactTask, reference_folder
+from alignbench.tasks.exact import ExactConfig, ExactTask, reference_folder
 
 # small enough to build in about a second: K=3 prompts, N=3**3=27 responses
 SMALL = dict(num_prompts=3, vocab_size=3, length=3, n_layer=1, n_embd=32, n_head=2, pretrain_samples=3000,
@@ -151,7 +151,7 @@ def test_optimal_policy_sits_on_the_frontier(env):
 
 def test_policy_is_restricted_to_response_tokens(env):
     """Every copy of the reference (make_policy, a reload) keeps the restriction, with finite log-probs."""
-    from tasks.exact import MASK_VALUE, ResponseMaskedGPT2
+    from alignbench.tasks.exact import MASK_VALUE, ResponseMaskedGPT2
 
     policy = env.make_policy()
     assert isinstance(policy, ResponseMaskedGPT2) and policy.training

@@ -12,9 +12,9 @@ from alignbench.data import FORMAT_COLUMNS
 from alignbench.config import from_mapping
 from alignbench.errors import AlignbenchError, ConfigError
 from alignbench.registry import get_method
-from methods.dpo import DPO, DPOConfig, dpo_loss, dpo_losses
-from methods.ipo import IPO, IPOConfig, ipo_loss
-from methods.kto import KTO, KTOConfig, kto_loss
+from alignbench.methods.dpo import DPO, DPOConfig, dpo_loss, dpo_losses
+from alignbench.methods.ipo import IPO, IPOConfig, ipo_loss
+from alignbench.methods.kto import KTO, KTOConfig, kto_loss
 
 T = torch.float64
 

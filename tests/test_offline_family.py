@@ -22,13 +22,13 @@ from alignbench.errors import ConfigError
 from alignbench.paired import paired_output
 from alignbench.registry import get_method, get_task
 from alignbench.runner import RunSpec, execute
-from methods.bco import BCO, BCOConfig, RunningMean, bco_losses
-from methods.dpo import dpo_loss
-from methods.nca import nca_loss, nca_losses
-from methods.orpo import ORPOConfig, log_odds, orpo_losses
-from methods.rdpo import RDPOConfig, rdpo_loss, rdpo_losses
-from methods.simpo import SimPOConfig, simpo_loss
-from methods.slic import SLiC, SLiCConfig, slic_losses
+from alignbench.methods.bco import BCO, BCOConfig, RunningMean, bco_losses
+from alignbench.methods.dpo import dpo_loss
+from alignbench.methods.nca import nca_loss, nca_losses
+from alignbench.methods.orpo import ORPOConfig, log_odds, orpo_losses
+from alignbench.methods.rdpo import RDPOConfig, rdpo_loss, rdpo_losses
+from alignbench.methods.simpo import SimPOConfig, simpo_loss
+from alignbench.methods.slic import SLiC, SLiCConfig, slic_losses
 
 from .conftest import TINY_EXACT, TINY_TRAIN
 from .test_reliability import comparable, metrics

@@ -15,9 +15,9 @@ from alignbench.config import from_mapping
 from alignbench.errors import ConfigError
 from alignbench.online import OnlineMethod, clipped_surrogate, kl_penalized_reward
 from alignbench.registry import get_method
-from methods.grpo import GRPOConfig, aggregate, grpo_advantages, grpo_loss, k3_kl
-from methods.online_dpo import OnlineDPOConfig, online_dpo_loss, preference_labels
-from methods.rloo import RLOOConfig, rloo_advantages, rloo_loss
+from alignbench.methods.grpo import GRPOConfig, aggregate, grpo_advantages, grpo_loss, k3_kl
+from alignbench.methods.online_dpo import OnlineDPOConfig, online_dpo_loss, preference_labels
+from alignbench.methods.rloo import RLOOConfig, rloo_advantages, rloo_loss
 from .test_ppo import _run
 
 # ------------------------------------------------------------------------------------------ hand-derived numbers

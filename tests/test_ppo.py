@@ -14,7 +14,7 @@ from .conftest import SMALL_EXACT
 from alignbench.registry import get_method, get_task
 from alignbench.runner import RunSpec, execute
 from alignbench.generation import right_pad
-from methods.ppo import (PPO, AdaptiveKLController, PPOConfig, PPOGoldReward, gae, masked_whiten,
+from alignbench.methods.ppo import (PPO, AdaptiveKLController, PPOConfig, PPOGoldReward, gae, masked_whiten,
                          ppo_policy_loss, ppo_value_loss, token_rewards)
 
 CPU = torch.device("cpu")

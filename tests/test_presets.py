@@ -176,7 +176,7 @@ def test_imdb_details(assets, tmp_path):
 
 
 def test_hh_split_and_tldr_trl_format(assets, tmp_path):
-    from tasks.hh_rlhf import split_transcript
+    from alignbench.tasks.hh_rlhf import split_transcript
 
     p, r = split_transcript(_dialogue(3) + " It began.")
     assert p.endswith("\n\nAssistant:") and r == " It began." and p.count("Assistant:") == 2

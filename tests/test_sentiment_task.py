@@ -30,7 +30,7 @@ def env(tmp_path_factory):
 def test_sentiment_words_are_in_vaders_lexicon():
     from vaderSentiment.vaderSentiment import BOOSTER_DICT, NEGATE, SentimentIntensityAnalyzer
 
-    from tasks import sentiment as s
+    from alignbench.tasks import sentiment as s
 
     lex = SentimentIntensityAnalyzer().lexicon
     words = s.sentiment_words()
@@ -51,7 +51,7 @@ def test_sentiment_words_are_in_vaders_lexicon():
 
 
 def test_corpus_is_seeded_and_mixed():
-    from tasks import sentiment as s
+    from alignbench.tasks import sentiment as s
 
     a = s.generate_corpus(2000, 1, (0.3, 0.3, 0.4), 17)
     assert a == s.generate_corpus(2000, 1, (0.3, 0.3, 0.4), 17)
@@ -76,7 +76,7 @@ def test_tokenizer_round_trips(env, tmp_path):
 
 
 def test_reference_is_cached(env, monkeypatch):
-    import tasks.sentiment as s
+    import alignbench.tasks.sentiment as s
 
     def no_training(*a, **k):
         raise AssertionError("the reference was retrained")
@@ -105,7 +105,7 @@ def test_prompts_and_completions(env):
 
 
 def test_preference_data(env):
-    from tasks.sentiment import vader_compound
+    from alignbench.tasks.sentiment import vader_compound
 
     for split in ("train", "eval"):
         validate_rows(env.preferences[split], "paired", split=split)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from alignbench.exact import kl, optimal_logp
-from methods.dpo import dpo_losses
-from methods.ipo import ipo_losses
+from alignbench.methods.dpo import dpo_losses
+from alignbench.methods.ipo import ipo_losses
 
 DT = torch.float64
 K, N = 4, 16

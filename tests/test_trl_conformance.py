@@ -27,9 +27,9 @@ trl = pytest.importorskip("trl")
 from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
 from trl.trainer.kto_trainer import KTOTrainer  # noqa: E402
 
-from methods.dpo import dpo_loss  # noqa: E402
-from methods.ipo import ipo_loss  # noqa: E402
-from methods.kto import kto_loss  # noqa: E402
+from alignbench.methods.dpo import dpo_loss  # noqa: E402
+from alignbench.methods.ipo import ipo_loss  # noqa: E402
+from alignbench.methods.kto import kto_loss  # noqa: E402
 
 DT = torch.float64
 TOL = dict(rtol=0, atol=1e-6)

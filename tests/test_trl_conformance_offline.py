@@ -22,12 +22,12 @@ import torch
 
 pytest.importorskip("trl", reason="TRL is the reference implementation these tests compare against")
 
-from methods.bco import bco_losses  # noqa: E402
-from methods.nca import nca_loss  # noqa: E402
-from methods.orpo import orpo_losses  # noqa: E402
-from methods.rdpo import rdpo_loss  # noqa: E402
-from methods.simpo import simpo_loss  # noqa: E402
-from methods.slic import slic_losses  # noqa: E402
+from alignbench.methods.bco import bco_losses  # noqa: E402
+from alignbench.methods.nca import nca_loss  # noqa: E402
+from alignbench.methods.orpo import orpo_losses  # noqa: E402
+from alignbench.methods.rdpo import rdpo_loss  # noqa: E402
+from alignbench.methods.simpo import simpo_loss  # noqa: E402
+from alignbench.methods.slic import slic_losses  # noqa: E402
 
 from .test_trl_conformance import DT, TOL, Accelerator, pairs, trl_args, trl_dpo  # noqa: E402,F401
 

@@ -43,7 +43,10 @@ def section_ranking(ctx: ReportContext) -> str:
                 "frontier score [95% CI]": [fmt_ci(v, a, b) for v, a, b in zip(s["score"], s["ci_low"], s["ci_high"])]})))
             pw = rk[(rk["table"] == "pairwise") & (rk["task"] == task)]
             pw = pw[pw["method"].astype(str) < pw["method_b"].astype(str)] if not pw.empty else pw
-            if not pw.empty:
+            if not pw.empty and pw[["n_seeds", "n_seeds_b"]].min(axis=1).max() < 2:
+                parts.append("Pairwise comparisons need at least 2 seeds per method: with one seed there is no "
+                             "interval over training runs (the point differences are in `ranking.csv`).\n")
+            elif not pw.empty:
                 parts.append(md_table(pd.DataFrame({
                     "A": pw["method"], "B": pw["method_b"],
                     "score A − B [95% CI]": [fmt_ci(v, a, b) for v, a, b in zip(pw["score"], pw["ci_low"], pw["ci_high"])],
