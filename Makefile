@@ -22,6 +22,10 @@ sweep: install        ## run the default sweep into results/default (resumes; co
 sweep-exact: install  ## the exact task alone with dpo, ipo, kto
 	$(BIN)/alignbench sweep --config configs/exact.yaml
 
+reproduce: install    ## rerun the default sweep into .reproduce/default and compare it run by run with results/default
+	$(BIN)/alignbench sweep --config $(CONFIG) --out .reproduce/default --no-progress
+	$(BIN)/alignbench compare results/default .reproduce/default
+
 report: install       ## rebuild results/default/report.md from its files
 	$(BIN)/alignbench report results/default
 

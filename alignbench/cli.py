@@ -105,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="rebuild DIR/report.md and its figures from the files in DIR")
     rp.add_argument("dir", help="results folder written by `alignbench sweep`")
+
+    cp = sub.add_parser("compare", help="compare two results folders run by run (bit-identical, or how far apart)",
+                        description="Match the runs of two results folders by run id and say, for each, whether "
+                                    "its summary.csv numbers are bit-identical or the largest relative difference "
+                                    "and its column (time columns are ignored). Exit 0: the same numbers; 1: they "
+                                    "differ; 2: an input error. `make reproduce` reruns the default sweep into "
+                                    ".reproduce/default and compares it with results/default.")
+    cp.add_argument("dir_a", help="a results folder (e.g. results/default)")
+    cp.add_argument("dir_b", help="another results folder (e.g. .reproduce/default)")
     return p
 
 
@@ -193,13 +202,22 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(write_report(args.dir))
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, render
+
+    res = compare(args.dir_a, args.dir_b)
+    print(render(res, args.dir_a, args.dir_b))
+    return 0 if res.same else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .models import quiet_transformers
 
     quiet_transformers()
     try:
-        return {"list": cmd_list, "sweep": cmd_sweep, "report": cmd_report}[args.command](args) or 0
+        return {"list": cmd_list, "sweep": cmd_sweep, "report": cmd_report,
+                "compare": cmd_compare}[args.command](args) or 0
     except AlignbenchError as e:
         print(f"alignbench: error: {e}", file=sys.stderr)
         return 2
