@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--task", "--tasks", dest="tasks", help="comma-separated tasks (default: exact)")
     sw.add_argument("--methods", help="comma-separated methods (default: the task's default set)")
     sw.add_argument("--betas", help="comma-separated beta grid for every beta-swept method")
-    sw.add_argument("--grid", action="append", metavar="METHOD=V1,V2", help="grid of one method's sweep axis (repeatable), e.g. bon=1,4,16")
+    sw.add_argument("--grid", action="append", metavar="METHOD[.FIELD]=V1,V2",
+                    help="grid of one method's sweep axis (bon=1,4,16), or of any field of its config or of the "
+                         "training config, crossed with the axis (dpo.lr=1e-4,1e-3); repeatable")
     sw.add_argument("--seeds", help="comma-separated seeds (default: 0)")
     sw.add_argument("--steps", help="training budget of every run: optimizer steps, or iterations for methods "
                                     "counted in iterations (ppo, ppo-gt; an explicit --method-arg ppo.iterations "

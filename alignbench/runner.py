@@ -67,6 +67,7 @@ class RunSpec:
     train: TrainConfig
     run_id: str = ""
     numerics: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_NUMERICS))
+    variant: str = ""  # the values of a method's extra grid axes (e.g. "lr=0.0001"); its fields are in identity()
 
     def identity(self) -> dict[str, Any]:
         """What the run id hashes: task, method, seed, every config field that differs from its default,
@@ -226,6 +227,8 @@ def summarize(spec: RunSpec, ctx: RunContext | None, status: str, reason: str, w
         "sweep_value": float(getattr(spec.method_config, ctx.method.sweep_param)) if ctx else float("nan"),
         "seed": spec.seed, "status": status, "reason": reason, "steps": steps, "wall_s": round(wall, 2),
     }
+    if spec.variant:
+        row["variant"] = spec.variant
     if status != "ok":  # a failed run has no results: its metric columns stay empty (no step-0 values)
         return row
     for col, key in SUMMARY_KEYS.items():

@@ -33,7 +33,9 @@ class SweepConfig:
     methods: tuple[str, ...] = param((), "methods to run; empty = the task's default set")
     betas: tuple[float, ...] = param(
         (), "beta grid for every method swept on a KL beta (beta_is_kl_coef); empty = each method's own grid")
-    grid: dict[str, Any] = param({}, "per-method grid override, e.g. {bon: [1, 4, 16]} (the method's sweep axis)")
+    grid: dict[str, Any] = param({}, "per-method grids: METHOD -> values of its sweep axis, e.g. {bon: [1, 4, 16]}; "
+                                     "METHOD.FIELD -> values of any field of its config or of the training config, "
+                                     "crossed with the axis, e.g. {dpo.lr: [1e-4, 1e-3]}")
     seeds: tuple[int, ...] = param((0,), "random seeds; each cell of the grid runs once per seed")
     steps: int | None = param(None, "optimizer steps per run; default: the task's")
     out: str = param("results/default", "results folder")
@@ -145,15 +147,16 @@ def plan(cfg: SweepConfig) -> Plan:
         get_task(name)
     for section in ("grid", "method_args"):
         for name in getattr(cfg, section):
-            get_method(name)
+            get_method(name.split(".", 1)[0])  # grid keys: METHOD (its sweep axis) or METHOD.FIELD
     for name in cfg.task_args:
         if name not in cfg.tasks:
             raise ConfigError(f"task_args.{name}", f"task '{name}' is not in tasks {list(cfg.tasks)}")
     swept = {m for t in cfg.tasks for m in _method_names(cfg, get_task(t))}
     for section in ("grid", "method_args"):
         for name in getattr(cfg, section):
-            if name not in swept:
-                raise ConfigError(f"{section}.{name}", f"method '{name}' is not in this sweep's methods {sorted(swept)}")
+            if name.split(".", 1)[0] not in swept:
+                raise ConfigError(f"{section}.{name}", f"method '{name.split('.', 1)[0]}' is not in this sweep's "
+                                                       f"methods {sorted(swept)}")
     device = select_device(cfg.device)
     configure_threads(device)
     facts = numerics(device)
@@ -195,20 +198,60 @@ def plan(cfg: SweepConfig) -> Plan:
             if axis in margs:
                 raise ConfigError(f"method_args.{mname}.{axis}", f"is the sweep axis; set it with the grid instead")
             for v in values:
-                mcfg = from_mapping(method_cls.config_cls, {**margs, axis: v}, where=f"method_args.{mname}")
-                for seed in cfg.seeds:
-                    spec = RunSpec(task=tname, method=mname, seed=seed, method_config=mcfg,
-                                   task_config=task.config, train=train, numerics=dict(facts))
-                    value = getattr(mcfg, axis)
-                    spec.run_id = f"{tname}-{mname}-{axis}{value:g}-s{seed}-{stable_hash(spec.identity(), 6)}"
-                    if spec.run_id in methods:
-                        raise ConfigError(f"grid.{mname}", f"two values give the same run {spec.run_id}")
-                    specs.append(spec)
-                    methods[spec.run_id] = method_cls(mcfg)
+                for combo in _field_grid(cfg, mname, method_cls, axis, margs, values[0], task, train_over):
+                    mfields = {f: x for f, x in combo if f in _field_names(method_cls.config_cls)}
+                    tfields = {f: x for f, x in combo if f not in mfields}
+                    mcfg = from_mapping(method_cls.config_cls, {**margs, **mfields, axis: v}, where=f"method_args.{mname}")
+                    run_train = task.train_config({**train_over, **tfields}) if tfields else train
+                    vals = [(f, getattr(mcfg if f in mfields else run_train, f)) for f, _ in combo]  # as coerced
+                    variant = ", ".join(f"{f}={x:g}" if isinstance(x, (int, float)) and not isinstance(x, bool)
+                                        else f"{f}={x}" for f, x in vals)
+                    for seed in cfg.seeds:
+                        spec = RunSpec(task=tname, method=mname, seed=seed, method_config=mcfg,
+                                       task_config=task.config, train=run_train, numerics=dict(facts), variant=variant)
+                        value = getattr(mcfg, axis)
+                        spec.run_id = f"{tname}-{mname}-{axis}{value:g}-s{seed}-{stable_hash(spec.identity(), 6)}"
+                        if spec.run_id in methods:
+                            raise ConfigError(f"grid.{mname}", f"two values give the same run {spec.run_id}")
+                        specs.append(spec)
+                        methods[spec.run_id] = method_cls(mcfg)
     return Plan(cfg, tasks, specs, methods)
 
 
 ITERATIONS = "iterations"  # a method config field of this name counts the run's budget in iterations (PPO)
+
+
+def _field_grid(cfg: SweepConfig, mname: str, method_cls: type[Method], axis: str, margs: dict[str, Any],
+                axis_value: Any, task: Task, train_over: dict[str, Any]) -> list[tuple[tuple[str, Any], ...]]:
+    """The combinations of a method's extra grid axes ``grid`` keys ``METHOD.FIELD`` (a field of the method's
+    config, else of TrainConfig, e.g. ``dpo.lr``): every value of each, validated one by one (errors name
+    ``grid.METHOD.FIELD``). [()] when the method has none. Each combination is crossed with the sweep axis."""
+    import itertools
+
+    extra = {k.split(".", 1)[1]: val for k, val in cfg.grid.items() if k.startswith(f"{mname}.")}
+    mfields, tfields = _field_names(method_cls.config_cls), _field_names(TrainConfig)
+    axes = []
+    for f, vals in sorted(extra.items()):
+        where = f"grid.{mname}.{f}"
+        vals = list(vals) if isinstance(vals, (list, tuple)) else [vals]
+        if not vals:
+            raise ConfigError(where, "is an empty list")
+        _no_repeats(where, vals)
+        if f == axis:
+            raise ConfigError(where, f"is the sweep axis; give its values as grid.{mname}")
+        if f not in mfields and f not in tfields:
+            raise ConfigError(where, f"unknown field (method fields: {', '.join(sorted(mfields))}; training fields: "
+                                     f"{', '.join(sorted(tfields))})")
+        for x in vals:  # each value alone, so that a bad one is named by its grid key
+            try:
+                if f in mfields:
+                    from_mapping(method_cls.config_cls, {**margs, f: x, axis: axis_value})
+                else:
+                    task.train_config({**train_over, f: x})
+            except ConfigError as e:
+                raise ConfigError(where, str(e).split(": ", 1)[-1]) from None
+        axes.append([(f, x) for x in vals])
+    return list(itertools.product(*axes)) if axes else [()]
 
 
 def _field_names(cls: type) -> set[str]:

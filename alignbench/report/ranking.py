@@ -24,8 +24,9 @@ import pandas as pd
 
 from . import names as N
 from . import seeds as S
+from .schema import cell
 
-COLUMNS = ["table", "task", "method", "method_b", "sweep_param", "sweep_value", "n_seeds", "n_seeds_b", "score",
+COLUMNS = ["table", "task", "method", "method_b", "sweep_param", "sweep_value", "variant", "n_seeds", "n_seeds_b", "score",
            "ci_low", "ci_high", "prob_improvement", "kl_lo", "kl_hi", "reward_mean", "reward_sd", "kl_mean", "kl_sd",
            "kl_is_bound"]
 
@@ -85,10 +86,11 @@ def build_ranking(summary: pd.DataFrame, reference: dict[tuple[str, Any], float]
                 rows.append({"table": "pairwise", "task": task, "method": a, "method_b": b, "n_seeds": p.n_a,
                              "n_seeds_b": p.n_b, "score": p.diff, "ci_low": p.lo, "ci_high": p.hi,
                              "prob_improvement": p.prob_improvement, "kl_lo": lo, "kl_hi": hi})
-        for (m, v), g in t.groupby(["method", "sweep_value"], sort=True):
+        for key, g in t.groupby(["method", *cell(t)], sort=True):
+            m, v = key[0], key[1]
             rw, kl = pd.to_numeric(g["reward"], errors="coerce"), pd.to_numeric(g["kl"], errors="coerce")
             rows.append({"table": "stability", "task": task, "method": m, "sweep_param": str(g["sweep_param"].iloc[0]),
-                         "sweep_value": float(v), "n_seeds": int(g["seed"].nunique()), "reward_mean": float(rw.mean()),
+                         "sweep_value": float(v), "variant": str(key[2]) if len(key) > 2 else "", "n_seeds": int(g["seed"].nunique()), "reward_mean": float(rw.mean()),
                          "reward_sd": float(rw.std(ddof=1)) if len(g) > 1 else float("nan"),
                          "kl_mean": float(kl.mean()), "kl_sd": float(kl.std(ddof=1)) if len(g) > 1 else float("nan")})
     return pd.DataFrame(rows, columns=COLUMNS)

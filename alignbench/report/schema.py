@@ -64,8 +64,8 @@ SUMMARY_KEYS = {  # summary.csv column <- final metric name
     "kl_is_bound": N.KL_IS_BOUND,
     "win_rate_vs_chosen": N.WIN_VS_CHOSEN,
 }
-BASE_COLUMNS = ["run_id", "task", "method", "sweep_param", "beta", "sweep_value", "seed", "status", "reason",
-                "steps", "wall_s"]
+BASE_COLUMNS = ["run_id", "task", "method", "sweep_param", "beta", "sweep_value", "variant", "seed", "status",
+                "reason", "steps", "wall_s"]
 # columns filled from each run's final evaluation row when an older summary.csv lacks them
 FROM_METRICS = {"win_rate_vs_chosen": N.WIN_VS_CHOSEN, "win_rate_vs_chosen_se": N.WIN_VS_CHOSEN_SE}
 
@@ -106,6 +106,7 @@ def load_results(out: Path) -> "tuple[Any, dict[str, Any]]":
     if "sweep_value" not in summary and "beta" in summary:
         summary["sweep_value"] = summary["beta"]
     summary["reason"] = summary["reason"].fillna("")
+    summary["variant"] = summary["variant"].fillna("").astype(str) if "variant" in summary else ""
     try:
         meta = io.read_json(out / SWEEP_JSON) if (out / SWEEP_JSON).exists() else {}
     except ValueError:
@@ -142,6 +143,17 @@ def load_metrics(run_dir: str | Path) -> "Any":
                 except json.JSONDecodeError:
                     continue  # a partial last line of a run that was killed mid-write
     return as_frame(rows)
+
+
+def cell(summary: "Any") -> list[str]:
+    """The columns that make a cell of a method's sweep (one point of its frontier, all seeds together): the
+    sweep axis' value, and the values of any extra grid axes (``variant``, e.g. "lr=0.0001") where present."""
+    return ["sweep_value", "variant"] if "variant" in summary and (summary["variant"].astype(str) != "").any() \
+        else ["sweep_value"]
+
+
+def cell_label(param: str, value: float, variant: str = "") -> str:
+    return f"{sym(param)}={value:g}" + (f", {variant}" if variant else "")
 
 
 def sym(param: str) -> str:

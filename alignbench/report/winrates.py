@@ -42,13 +42,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .schema import ResultsData, read_json_or_none, sym  # noqa: F401  (re-exported: the tables' readers)
+from .schema import ResultsData, cell, cell_label, read_json_or_none, sym  # noqa: F401  (re-exported)
 from .seeds import hierarchical_bootstrap
 
 DEFAULT_BUDGETS = (0.3, 1.0, 3.0, 10.0)
 MAX_KL_RATIO = 2.0  # a run counts for a budget only if its KL is within this factor of it
-CSV_COLUMNS = ["table", "task", "budget_kl", "method_a", "param_a", "value_a", "kl_a", "kl_a_is_bound", "reward_a",
-               "method_b", "param_b", "value_b", "kl_b", "kl_b_is_bound", "reward_b", "win_rate", "ci_low", "ci_high",
+CSV_COLUMNS = ["table", "task", "budget_kl", "method_a", "param_a", "value_a", "variant_a", "kl_a", "kl_a_is_bound",
+               "reward_a", "method_b", "param_b", "value_b", "variant_b", "kl_b", "kl_b_is_bound", "reward_b", "win_rate", "ci_low", "ci_high",
                "n_prompts", "n_seeds", "judge"]
 
 
@@ -213,7 +213,7 @@ def run_vs_chosen(data: ResultsData, task: str, run_id: str) -> tuple[np.ndarray
 
 @dataclass
 class Unit:
-    """A (task, method, sweep value) cell: its runs (one per seed) and their mean KL and gold reward."""
+    """A (task, method, sweep value[, variant]) cell: its runs (one per seed), their mean KL and gold reward."""
 
     task: str
     method: str
@@ -223,10 +223,11 @@ class Unit:
     reward: float
     run_ids: list[str] = field(default_factory=list)
     kl_is_bound: bool = False
+    variant: str = ""  # the values of a method's extra grid axes, where the sweep had any
 
     @property
     def label(self) -> str:
-        return f"{self.method} {sym(self.param)}={self.value:g}"
+        return f"{self.method} {cell_label(self.param, self.value, self.variant)}"
 
 
 def units(summary: pd.DataFrame) -> list[Unit]:
@@ -235,12 +236,14 @@ def units(summary: pd.DataFrame) -> list[Unit]:
     if ok.empty or "sweep_value" not in ok:
         return []
     out = []
-    for (task, method, value), g in ok.groupby(["task", "method", "sweep_value"], sort=True):
+    for key, g in ok.groupby(["task", "method", *cell(ok)], sort=True):
+        task, method, value = key[:3]
+        variant = str(key[3]) if len(key) > 3 else ""
         param = str(g["sweep_param"].iloc[0]) if "sweep_param" in g else "beta"
         kl = float(pd.to_numeric(g["kl"], errors="coerce").mean()) if "kl" in g else float("nan")
         reward = float(pd.to_numeric(g["reward"], errors="coerce").mean()) if "reward" in g else float("nan")
         bound = bool("kl_is_bound" in g and (pd.to_numeric(g["kl_is_bound"], errors="coerce") > 0.5).any())
-        out.append(Unit(str(task), str(method), param, float(value), kl, reward, list(g["run_id"]), bound))
+        out.append(Unit(str(task), str(method), param, float(value), kl, reward, list(g["run_id"]), bound, variant))
     return out
 
 
@@ -307,9 +310,9 @@ def _row(table: str, a: Unit, b: Unit | None, vals: list[np.ndarray], judge: str
     resampling seeds and, within each, prompts (none with a single seed: see ``report/seeds.py``)."""
     point, lo, hi = hierarchical_bootstrap(vals, n_boot=n_boot, seed=seed)
     return {"table": table, "task": a.task, "budget_kl": budget, "method_a": a.method, "param_a": a.param,
-            "value_a": a.value, "kl_a": a.kl, "kl_a_is_bound": a.kl_is_bound, "reward_a": a.reward,
+            "value_a": a.value, "variant_a": a.variant, "kl_a": a.kl, "kl_a_is_bound": a.kl_is_bound, "reward_a": a.reward,
             "method_b": b.method if b else b_name, "param_b": b.param if b else "",
-            "value_b": b.value if b else float("nan"), "kl_b": b.kl if b else (0.0 if b_name == "reference" else float("nan")),
+            "value_b": b.value if b else float("nan"), "variant_b": b.variant if b else "", "kl_b": b.kl if b else (0.0 if b_name == "reference" else float("nan")),
             "kl_b_is_bound": b.kl_is_bound if b else False,
             "reward_b": b.reward if b else float("nan"),
             "win_rate": point, "ci_low": lo, "ci_high": hi, "n_prompts": int(np.isfinite(vals[0]).sum()),
@@ -413,7 +416,10 @@ def matrix_markdown(df: pd.DataFrame) -> str:
     for side in ("a", "b"):
         for _, r in df.iterrows():
             bound = "≤ " if str(r.get(f"kl_{side}_is_bound", False)) == "True" else ""
-            labels.setdefault(r[f"method_{side}"], f"{r[f'method_{side}']} {sym(r[f'param_{side}'])}={r[f'value_{side}']:g} "
+            variant = r.get(f"variant_{side}", "")
+            variant = "" if not isinstance(variant, str) else variant
+            labels.setdefault(r[f"method_{side}"], f"{r[f'method_{side}']} "
+                                                   f"{cell_label(r[f'param_{side}'], r[f'value_{side}'], variant)} "
                                                    f"(KL {bound}{r[f'kl_{side}']:.2g})")
     names = sorted(labels)
     cell = {(r["method_a"], r["method_b"]): fmt_ci(r["win_rate"], r["ci_low"], r["ci_high"]) for _, r in df.iterrows()}

@@ -9,7 +9,7 @@ from .. import diagnostics as D
 from ..core import ReportContext, register_section
 from ..diagnosis import Diagnosis
 from ..examples import findings_degeneration
-from ..schema import sym
+from ..schema import cell, cell_label, sym
 from ..winrates import fmt_ci
 from .diagnostics import kl_bounded_statement
 
@@ -29,14 +29,15 @@ def findings_frontier(summary: pd.DataFrame, ranking: pd.DataFrame) -> list[str]
         for method, g in t.groupby("method"):
             if "reward" not in g or g["reward"].isna().all():
                 continue
-            gg = g.groupby("sweep_value").agg(kl=("kl", "mean"), reward=("reward", "mean"), n=("seed", "nunique"))
+            gg = g.groupby(cell(g)).agg(kl=("kl", "mean"), reward=("reward", "mean"), n=("seed", "nunique"))
             v = gg["reward"].idxmax()
             best.append((float(gg.loc[v, "reward"]), method, v, float(gg.loc[v, "kl"]), str(g["sweep_param"].iloc[0]),
                          int(gg.loc[v, "n"])))
         best.sort(reverse=True)
         if best:
             out.append(f"- **{task}**: highest mean gold reward per method: " + "; ".join(
-                f"{m} {r:.3f} at {sym(p)}={v:g} (KL {k:.2f} nats, n={n})" for r, m, v, k, p, n in best) + ".")
+                f"{m} {r:.3f} at {cell_label(p, *(v if isinstance(v, tuple) else (v,)))} (KL {k:.2f} nats, n={n})"
+                for r, m, v, k, p, n in best) + ".")
         pw = ranking[(ranking["table"] == "pairwise") & (ranking["task"] == task)] if len(ranking) else ranking
         if pw.empty or pw["kl_lo"].isna().all():
             out.append(f"- **{task}**: no frontier comparison: no KL range is reached by at least two methods in every "

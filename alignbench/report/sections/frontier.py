@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from ..core import ReportContext, register_section
-from ..render import fmt_value, method_palette, save_figure, theme
-from ..schema import frontier_csv, sym
+from ..render import method_palette, save_figure, theme
+from ..schema import cell, cell_label, frontier_csv
 from ..seeds import seed_bootstrap
 
 FIGURE = "frontier.png"
@@ -42,10 +42,11 @@ def plot_frontier(out: Path, summary: pd.DataFrame) -> Path | None:
             # a faint dot per run (seed), the mean per sweep value, bars: 95% interval over seeds
             ax.plot(g["kl"], g["reward"], "o", ms=3, color=color, alpha=0.25, zorder=2)
             cells = []
-            for v, c in g.groupby("sweep_value"):
+            for v, c in g.groupby(cell(g)):
                 kl_m, kl_lo, kl_hi = seed_bootstrap(c["kl"].to_numpy(float))
                 rw_m, rw_lo, rw_hi = seed_bootstrap(c["reward"].to_numpy(float))
-                cells.append((kl_m, rw_m, kl_m - kl_lo, kl_hi - kl_m, rw_m - rw_lo, rw_hi - rw_m, v))
+                cells.append((kl_m, rw_m, kl_m - kl_lo, kl_hi - kl_m, rw_m - rw_lo, rw_hi - rw_m,
+                              v if isinstance(v, tuple) else (v,)))
             cells.sort()
             a = np.array([c[:6] for c in cells], dtype=float)
             has_err = bool(np.isfinite(a[:, 2:]).any())
@@ -54,7 +55,7 @@ def plot_frontier(out: Path, summary: pd.DataFrame) -> Path | None:
                         alpha=0.9, capsize=2, label=method, zorder=3)
             axis = g["sweep_param"].iloc[0]
             for c in cells:
-                ax.annotate(f"{sym(axis)}={fmt_value(c[6])}", (c[0], c[1]), fontsize=6.5,
+                ax.annotate(cell_label(axis, *c[6]), (c[0], c[1]), fontsize=6.5,
                             color=color, xytext=(3, 3), textcoords="offset points")
         ax.set_title(f"{task}: reward vs KL")
         ax.set_xscale("symlog", linthresh=SYMLOG_LINTHRESH, linscale=1.0)
@@ -76,7 +77,7 @@ def section_frontier(ctx: ReportContext) -> str:
         parts.append("No completed run reported both KL and gold reward.\n")
     else:
         parts.append(f"![frontier]({fig.name})\n")
-        n = ctx.ok.groupby(["task", "method", "sweep_value"])["seed"].nunique()
+        n = ctx.ok.groupby(["task", "method", *cell(ctx.ok)])["seed"].nunique()
         seeds_txt = (f"{int(n.min())} seed{'s' if n.min() != 1 else ''} per point" if n.min() == n.max()
                      else f"{int(n.min())}-{int(n.max())} seeds per point")
         parts.append("Gold reward against KL(π‖π_ref) in nats, one colour per method, each point the mean over seeds of "

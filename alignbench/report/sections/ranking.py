@@ -8,7 +8,7 @@ from ... import io
 from ..core import ReportContext, register_section
 from ..ranking import verdict
 from ..render import md_table
-from ..schema import RANKING_CSV, sym
+from ..schema import RANKING_CSV, cell_label
 from ..winrates import fmt_ci
 
 
@@ -55,7 +55,8 @@ def section_ranking(ctx: ReportContext) -> str:
         if not st.empty and st["reward_sd"].notna().any():
             parts.append("Stability: the standard deviation over seeds of final gold reward and KL at each sweep value.\n")
             parts.append(md_table(pd.DataFrame({
-                "method": st["method"], "value": [f"{sym(p)}={v:g}" for p, v in zip(st["sweep_param"], st["sweep_value"])],
+                "method": st["method"], "value": [cell_label(p, v, w if isinstance(w, str) else "") for p, v, w in
+                          zip(st["sweep_param"], st["sweep_value"], st["variant"])],
                 "seeds": st["n_seeds"].astype(int), "reward mean": st["reward_mean"], "reward sd": st["reward_sd"],
                 "KL mean": st["kl_mean"], "KL sd": st["kl_sd"]})))
         elif not st.empty:

@@ -7,7 +7,7 @@ import pandas as pd
 
 from ..core import ReportContext, register_section
 from ..render import md_table
-from ..schema import sym
+from ..schema import cell_label, sym  # noqa: F401
 from ..winrates import DEFAULT_BUDGETS, MAX_KL_RATIO, fmt_ci, matrix_markdown, select_matched_kl, units
 
 
@@ -30,7 +30,8 @@ def section_winrates(ctx: ReportContext) -> str:
         t = ref.sort_values(["task", "method_a", "value_a"])
         df = pd.DataFrame({
             "task": t["task"], "method": t["method_a"],
-            "value": [f"{sym(p)}={v:g}" for p, v in zip(t["param_a"], t["value_a"])],
+            "value": [cell_label(p, v, w if isinstance(w, str) else "") for p, v, w in zip(t["param_a"], t["value_a"],
+                                                                                     t["variant_a"])],
             "KL [nats]": t["kl_a"], "gold reward": t["reward_a"],
             "win rate vs ref [95% CI]": [fmt_ci(w, lo, hi) for w, lo, hi in zip(t["win_rate"], t["ci_low"], t["ci_high"])],
             "judge": t["judge"]})
@@ -75,7 +76,8 @@ def section_winrates(ctx: ReportContext) -> str:
         t = ch.sort_values(["task", "method_a", "value_a"])
         df = pd.DataFrame({
             "task": t["task"], "method": t["method_a"],
-            "value": [f"{sym(p)}={v:g}" for p, v in zip(t["param_a"], t["value_a"])], "KL [nats]": t["kl_a"],
+            "value": [cell_label(p, v, w if isinstance(w, str) else "") for p, v, w in zip(t["param_a"], t["value_a"],
+                                                                                     t["variant_a"])], "KL [nats]": t["kl_a"],
             "win rate vs chosen [95% CI]": [fmt_ci(w, lo, hi) for w, lo, hi in zip(t["win_rate"], t["ci_low"], t["ci_high"])],
             "judge": t["judge"]})
         parts.append(md_table(df))
