@@ -160,7 +160,7 @@ def test_malformed_preference_rows_name_row_and_field(tmp_path):
 
 
 def _load(f):
-    from alignbench.hub import load_dataset_any
+    from alignbench.tasks._presets import load_dataset_any
 
     return load_dataset_any(str(f), None)
 
@@ -255,7 +255,7 @@ def test_interrupt_message_says_rerun_resumes(monkeypatch, capsys):
 
 
 def test_gao_fit_needs_parameters_plus_two_points():
-    from alignbench import diagnostics as D
+    from alignbench.report import diagnostics as D
 
     kl, r = [0.5, 1.0, 2.0, 3.0], [0.3, 0.5, 0.6, 0.55]
     with pytest.raises(ValueError, match="too few points"):
