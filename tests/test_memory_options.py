@@ -8,11 +8,13 @@ from alignbench.cli import main
 from alignbench.config import TrainConfig
 from alignbench.models import prepare_policy
 
+from .conftest import require
+
 from .test_sweep import sweep_args
 
 
 def test_lora_trains_only_adapters_and_the_base_is_the_reference(tiny_exact_env):
-    pytest.importorskip("peft", reason="the peft extra is not installed")
+    require("peft")
     policy = prepare_policy(tiny_exact_env.make_policy(), TrainConfig(lora_r=4))
     trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -26,7 +28,7 @@ def test_lora_trains_only_adapters_and_the_base_is_the_reference(tiny_exact_env)
                                    ["--train-arg", "gradient_checkpointing=true"]])
 def test_memory_options_run_through_the_sweep(tmp_path, cache_dir, extra):
     if "lora_r=4" in extra:
-        pytest.importorskip("peft", reason="the peft extra is not installed")
+        require("peft")
     out = tmp_path / "mem"
     assert main(sweep_args(out, cache_dir, methods="dpo,kto", betas="0.5", extra=extra)) == 0
     s = pd.read_csv(out / "summary.csv")

@@ -23,7 +23,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-trl = pytest.importorskip("trl")
+from .conftest import require
+
+trl = require("trl")
 from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
 from trl.trainer.kto_trainer import KTOTrainer  # noqa: E402
 
