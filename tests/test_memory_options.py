@@ -51,4 +51,6 @@ def test_bf16_autocast_runs_and_stays_close_to_fp32(tmp_path, cache_dir):
     assert main(sweep_args(b, cache_dir, methods="dpo", betas="0.5", extra=["--train-arg", "precision=bf16"])) == 0
     ka, kb = pd.read_csv(a / "summary.csv")["kl"][0], pd.read_csv(b / "summary.csv")["kl"][0]
     assert kb != ka  # it really ran in reduced precision
+    # after 6 Adam steps there is no derivable bound (rounding moves sign-like updates); the sharp check, with a
+    # tolerance derived from bf16's 8-bit precision, is on the log-probs: test_numerics.py
     assert kb == pytest.approx(ka, rel=0.2)
