@@ -139,3 +139,16 @@ def reward_model(env, cache):
     from alignbench.reward_model import get_reward_model
 
     return get_reward_model(env, cache, 0, torch.device("cpu"), show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def dpo_kto_sweep(tmp_path_factory, cache_dir):
+    """One DPO + KTO smoke sweep (TINY_EXACT, betas 0.1 and 1.0) for the whole session: the report and scale-out
+    tests read it (treat it as read-only; a test that rebuilds report.md must leave it as it found it)."""
+    from alignbench.cli import main
+
+    from .test_sweep import sweep_args
+
+    out = tmp_path_factory.mktemp("dpo-kto-sweep")
+    assert main(sweep_args(out, cache_dir, methods="dpo,kto", betas="0.1,1.0")) == 0
+    return out

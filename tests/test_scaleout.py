@@ -11,11 +11,9 @@ from .test_reliability import comparable, metrics
 from .test_sweep import sweep_args
 
 
-@pytest.fixture(scope="module")
-def serial(tmp_path_factory, cache_dir):
-    out = tmp_path_factory.mktemp("serial")
-    assert main(sweep_args(out, cache_dir, methods="dpo,kto", betas="0.1,1.0")) == 0
-    return out
+@pytest.fixture
+def serial(dpo_kto_sweep):
+    return dpo_kto_sweep  # the session's single-process DPO + KTO sweep (conftest.py)
 
 
 def test_local_workers_match_a_single_process(tmp_path, cache_dir, serial):
