@@ -152,3 +152,17 @@ def dpo_kto_sweep(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("dpo-kto-sweep")
     assert main(sweep_args(out, cache_dir, methods="dpo,kto", betas="0.1,1.0")) == 0
     return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_registry():
+    """Methods and tasks registered by a test's plugin files (throwaway methods, the README's hinge example) are
+    removed after the test: otherwise a later sweep without --methods would also run them (order dependence)."""
+    from alignbench import registry
+
+    registry.discover()
+    saved = dict(registry._METHODS), dict(registry._TASKS), set(registry._loaded_paths)
+    yield
+    for table, before in zip((registry._METHODS, registry._TASKS, registry._loaded_paths), saved):
+        table.clear()
+        table.update(before)
