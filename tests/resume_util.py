@@ -107,9 +107,10 @@ def kill_at_pause(kind: Kind, out: Path, cache_dir: Path, timeout: float = 300.0
     """Start the sweep in a child process, wait until it pauses, SIGKILL it. Returns the marker's content."""
     mode = "checkpoint" if kind.checkpoints else "run"
     marker = out.parent / f"{out.name}.paused"
-    env = {**os.environ, "ALIGNBENCH_QUIET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.resume_util", mode, str(marker), *args_for(kind, out, cache_dir)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "ALIGNBENCH_QUIET": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    child = [sys.executable, "-m", "tests.resume_util", mode, str(marker), *args_for(kind, out, cache_dir)]
+    proc = subprocess.Popen(child, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     try:
         while not marker.exists():

@@ -27,8 +27,8 @@ def first_step_gradient(tmp_path, cache_dir, monkeypatch, method: str, batch_siz
     monkeypatch.setattr(trainer, "clip_gradients", spy)
     monkeypatch.setattr(trainer, "prepare_policy", lambda model, tc: prepare(model, tc).double())
     out = tmp_path / f"{method}-{batch_size}x{grad_accum}"
-    extra = ["--train-arg", "steps=1", "--train-arg", f"batch_size={batch_size}", "--train-arg", f"grad_accum={grad_accum}",
-             "--train-arg", "eval_every=1"]
+    extra = ["--train-arg", "steps=1", "--train-arg", f"batch_size={batch_size}",
+             "--train-arg", f"grad_accum={grad_accum}", "--train-arg", "eval_every=1"]
     assert main(sweep_args(out, cache_dir, methods=method, betas="0.5", extra=extra)) == 0
     (g,) = grads
     assert all(t.dtype == torch.float64 for t in g)

@@ -152,7 +152,8 @@ def test_findings_are_written_from_the_numbers(synth):
     # the numbers come from synth_results' formulas:
     # ppo's proxy is 0.1 * i at evaluation i: from its gold peak (step 20, i = 2) to the end (i = 5) it rises by 0.3
     assert ("- Overoptimization detected in 2 run(s): `exact` ppo β=0.1 (seed 0): gold reward peaked at step 20 "
-            "(0.786) and fell by 0.193 by the end while ppo/rm_reward rose by 0.300; `exact` ppo β=1 (seed 0): ") in findings
+            "(0.786) and fell by 0.193 by the end while ppo/rm_reward rose by 0.300; `exact` ppo β=1 (seed 0): ") \
+        in findings
     # dpo's held-out loss 0.69 - 0.05 i + 0.08 max(0, i - 3): 0.54 at step 30, 0.60 at step 50 (+0.06); accuracy
     # gap at the end (0.5 + 0.07 * 5) - (0.5 + 0.04 * 5) = 0.15; ipo (no rise) is not flagged
     assert ("- Overfitting in 2 of 4 offline runs (held-out loss rose while the training-subset loss fell), e.g. "

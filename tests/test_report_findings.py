@@ -42,7 +42,8 @@ def build(out: Path, runs: list[dict]) -> Path:
                                                            "reward": rewards.mean(1).tolist()}))
         (d / "summary.json").write_text(json.dumps(row))
     pd.DataFrame(summary).to_csv(out / "summary.csv", index=False)
-    (out / "sweep.json").write_text(json.dumps({"config": {"seeds": [0]}, "tasks": {"sent": {"kl_estimator": "sampled"}}}))
+    meta = {"config": {"seeds": [0]}, "tasks": {"sent": {"kl_estimator": "sampled"}}}
+    (out / "sweep.json").write_text(json.dumps(meta))
     write_report(out)
     return out
 
@@ -127,7 +128,8 @@ def test_only_win_rates_whose_interval_excludes_one_half_are_findings(tmp_path):
 
 def test_no_win_rate_finding_when_every_interval_includes_one_half(tmp_path):
     text = findings(build(tmp_path / "none", winrate_runs(("ipo", "kto"))))
-    assert "- **sent**: at each method's best sweep value, no head-to-head win rate has a 95% interval above 0.5." in text
+    assert ("- **sent**: at each method's best sweep value, no head-to-head win rate has a 95% interval above "
+            "0.5.") in text
     assert "lies above 0.5" not in text and "kto over ipo" not in text and "ipo over kto" not in text
 
 

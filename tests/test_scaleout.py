@@ -54,8 +54,8 @@ def test_data_parallel_two_processes_match_one_process(tmp_path, cache_dir, seri
     out = tmp_path / "ddp"
     env = {**os.environ, "ALIGNBENCH_QUIET": "1", "OMP_NUM_THREADS": "1"}
     args = sweep_args(out, cache_dir, methods="dpo,kto", betas="0.1,1.0")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "alignbench", *args],
-                          env=env, capture_output=True, text=True, timeout=600)
+    launch = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "alignbench"]
+    proc = subprocess.run([*launch, *args], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = comparable(out / "summary.csv"), comparable(serial / "summary.csv")
     assert list(a["run_id"]) == list(b["run_id"])
