@@ -181,6 +181,7 @@ class RunContext:
         """Restore the last checkpoint of this run into ``modules``; returns its step (0 if none or unusable).
 
         Loaded with ``torch.load(weights_only=True)``; a checkpoint whose hash or config does not match is ignored.
+        A resume appends ``{"pid", "resumed_from": step}`` to the run's ``attempts.jsonl``.
         """
         path, side = self.checkpoint_path, self.checkpoint_path.with_suffix(".sha256")
         if not (path.exists() and side.exists()):
@@ -201,6 +202,9 @@ class RunContext:
         if self.logger.write:
             io.write_jsonl(self.logger.path, self.logger.rows)
         torch.set_rng_state(state["torch_rng"])
+        if self.logger.write:  # provenance: this attempt continued from the checkpoint, not from step 0
+            io.append_line(self.run_dir / "attempts.jsonl",
+                           io.dumps({"pid": os.getpid(), "resumed_from": int(state["step"])}))
         return int(state["step"])
 
     def check_finite(self, value: torch.Tensor, what: str, step: int) -> None:

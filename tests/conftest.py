@@ -1,6 +1,11 @@
-"""Shared fixtures: a tiny exact task (built once per test session into a temp cache)."""
+"""Shared fixtures: a tiny exact task (built once per test session into a temp cache), the seed-0 reward
+model of the SMALL_EXACT task (trained once per session), and :func:`require` for optional dependencies."""
 
+import importlib
 import os
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,3 +65,104 @@ def cache(cache_dir):
 @pytest.fixture(scope="session")
 def env(task, cache):
     return task.setup(cache, torch.device("cpu"))
+
+
+# ------------------------------------------------------------------------ optional dependencies: no silent skips
+
+TRUE_VALUES = {"1", "true", "yes", "on"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--require-all", action="store_true", default=False,
+                     help="a missing optional test dependency fails the test instead of skipping it (on under CI)")
+
+
+def strict(config=None) -> bool:
+    """True under CI (the CI variable set to a true value) or with --require-all: missing dependencies fail."""
+    if os.environ.get("CI", "").strip().lower() in TRUE_VALUES:
+        return True
+    config = config or _CONFIG.get("config")
+    return bool(config is not None and config.getoption("--require-all"))
+
+
+_CONFIG: dict = {}
+
+
+def pytest_configure(config):
+    _CONFIG["config"] = config
+
+
+def missing(what: str, reason: str):
+    """Fail (under CI / --require-all) or skip (locally, listed by -rs) for a missing dependency ``what``."""
+    message = f"missing test dependency {what!r}: {reason}"
+    if strict():
+        pytest.fail(message + " (required under CI / --require-all; `make install` installs the test extra)",
+                    pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def require(module_name: str, reason: str = "install the test extra: pip install -e '.[test]'"):
+    """Import ``module_name``, or fail (CI / --require-all) / skip (locally) naming it. Use instead of
+    ``pytest.importorskip`` so that a broken install of the test extra cannot turn tests into silent skips."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError:
+        missing(module_name, reason)
+
+
+def free_port() -> int:
+    """A TCP port free on localhost right now (the OS picks it), for launchers that need a rendezvous port."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def require_executable(name: str) -> str:
+    """A console script installed next to the running interpreter (e.g. torch's ``torchrun``), or fail/skip."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        missing(name, f"no {name} next to {sys.executable}")
+    return found
+
+
+# ------------------------------------------------------------------------ the seed-0 reward model, once
+
+
+@pytest.fixture(scope="session")
+def reward_model(env, cache):
+    """The seed-0 reward model of the SMALL_EXACT task, trained once per session into the shared cache.
+
+    PPO and best-of-N runs on ``env`` with ``cache`` get this same model through the in-process memo (or, after
+    a ``clear_memo``, from the disk cache), so it is trained once for the whole session."""
+    from alignbench.reward_model import get_reward_model
+
+    return get_reward_model(env, cache, 0, torch.device("cpu"), show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def dpo_kto_sweep(tmp_path_factory, cache_dir):
+    """One DPO + KTO smoke sweep (TINY_EXACT, betas 0.1 and 1.0) for the whole session: the report and scale-out
+    tests read it (treat it as read-only; a test that rebuilds report.md must leave it as it found it)."""
+    from alignbench.cli import main
+
+    from .test_sweep import sweep_args
+
+    out = tmp_path_factory.mktemp("dpo-kto-sweep")
+    assert main(sweep_args(out, cache_dir, methods="dpo,kto", betas="0.1,1.0")) == 0
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_registry():
+    """Methods and tasks registered by a test's plugin files (throwaway methods, the README's hinge example) are
+    removed after the test: otherwise a later sweep without --methods would also run them (order dependence)."""
+    from alignbench import registry
+
+    registry.discover()
+    saved = dict(registry._METHODS), dict(registry._TASKS), set(registry._loaded_paths)
+    yield
+    for table, before in zip((registry._METHODS, registry._TASKS, registry._loaded_paths), saved):
+        table.clear()
+        table.update(before)

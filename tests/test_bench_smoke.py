@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import require
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
 
@@ -28,7 +30,7 @@ def bench():
 
 @pytest.mark.parametrize("data", ["synthetic", "exact"])
 def test_bench_step_comparisons_tiny(bench, tmp_path, data):
-    pytest.importorskip("trl")
+    require("trl")
     sizes = replace(bench.QUICK, pairs=48, eval_pairs=8, batch_size=8, steps=6, warmup=1, repeats=1, words=24,
                     prompt_words=(2, 4), completion_words=(2, 5), trl_defaults=False, threads=1)
     import torch

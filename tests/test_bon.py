@@ -12,6 +12,7 @@ from alignbench.api import EnumerableEnv, EvalResult, SampleEvaluable
 from alignbench.config import from_mapping
 from alignbench.errors import ConfigError
 from .conftest import SMALL_EXACT
+from .runs import run_method
 from alignbench.registry import get_method, get_task
 from alignbench.runner import RunSpec, execute
 from alignbench.methods.bon import BestOfN, BestOfNConfig, bon_kl_bound, rm_score_table
@@ -23,11 +24,8 @@ CPU = torch.device("cpu")
 
 
 def _run(task, env, cache, out, n: int, **extra):
-    mcfg = from_mapping(BestOfNConfig, {"n": n, **extra})
-    spec = RunSpec(task="exact", method="bon", seed=0, method_config=mcfg, task_config=task.config,
-                   train=task.train_config(), run_id=f"bon-{n}")
-    summary = execute(spec, env, BestOfN(mcfg), out / f"bon-{n}", device=CPU, cache_dir=cache, show_progress=False)
-    return summary, io.read_jsonl(out / f"bon-{n}" / "metrics.jsonl")
+    summary, rows, _ = run_method(task, env, cache, out, "bon", {"n": n, **extra}, name=f"bon-{n}")
+    return summary, rows
 
 
 def test_registration_and_config():

@@ -105,6 +105,53 @@ def test_sampled_kl_matches_exact_kl_with_left_padded_prompts():
     assert m["kl/ref_k3"] == pytest.approx(m["kl/ref"], abs=4 * m["kl/ref_se"])
 
 
+def tempered_kl(env, policy, prompt, temperature):
+    """KL(pi_T || ref_T) for one prompt by enumeration, where pi_T samples each token from softmax(logits / T).
+
+    Computed from a plain forward pass per model (no alignbench scoring code): every completion's
+    log-probability is the sum of its tokens' tempered log-softmax."""
+    tok = env.tokenizer
+    eos = tok.eos_token_id
+    vocab = [i for i in range(len(tok)) if i != eos]
+    seqs = [list(b) + [eos] for n in range(MAX_NEW) for b in itertools.product(vocab, repeat=n)]
+    seqs += [list(s) for s in itertools.product(vocab, repeat=MAX_NEW)]
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    total = {}
+    for name, model in (("p", policy), ("q", env.reference)):
+        lps = []
+        for s in seqs:
+            ids = torch.tensor([p_ids + s])
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].double() / temperature
+            lps.append(sum(float(logits[len(p_ids) + i - 1].log_softmax(-1)[t]) for i, t in enumerate(s)))
+        total[name] = lps
+    assert abs(sum(math.exp(x) for x in total["p"]) - 1.0) < 1e-6  # the enumeration covers every completion
+    return sum(math.exp(a) * (a - b) for a, b in zip(total["p"], total["q"]))
+
+
+@pytest.mark.parametrize("temperature", [0.6, 2.0])
+def test_sampled_kl_at_a_temperature_matches_enumeration(temperature):
+    """At T != 1 samples come from the tempered policy and are scored at T (evaluation.draw): the estimator's
+    mean is KL(pi_T || ref_T), the KL of the tempered distributions, computed here by enumeration."""
+    kinds = ["x", "y x a"]
+    env = make_env(kinds * 8, n_eval_samples=300, temperature=temperature)
+    policy = perturbed(env.reference)
+    per_kl = np.array(env.evaluate(policy, seed=0).per_prompt["kl"])
+    exact, at_one, estimate, var = [], [], [], []
+    for i, prompt in enumerate(kinds):
+        units = per_kl[i::len(kinds)]  # the 8 copies of this prompt: independent estimates
+        se = units.std(ddof=1) / math.sqrt(len(units))
+        exact.append(tempered_kl(env, policy, prompt, temperature))
+        at_one.append(tempered_kl(env, policy, prompt, 1.0))
+        estimate.append(units.mean())
+        var.append(se ** 2)
+        assert exact[-1] > 0.02
+        assert abs(units.mean() - exact[-1]) < 4 * se + 0.005, (prompt, units.mean(), exact[-1], se)
+    se_mean = math.sqrt(sum(var)) / len(kinds)
+    # the check can tell T from 1: the untempered KL is far outside the estimate's interval
+    assert abs(np.mean(at_one) - np.mean(estimate)) > 8 * se_mean, (at_one, estimate, se_mean)
+
+
 def test_right_padded_scoring_matches_generation():
     """The log-probs used for KL are those generation sampled from (left padding realigned)."""
     env = make_env(["x"], n_eval_samples=1)

@@ -68,7 +68,8 @@ def test_reference_is_exactly_the_reference(env):
     assert m["policy/length"] == 3.0
     assert 0.0 <= m["exact/invalid_mass"] < 1e-6  # the masked model puts no mass outside the responses
     assert 0.0 <= m["exact/unseen_mass"] <= 1.0
-    assert m["policy/entropy"] == pytest.approx(float(X.entropy(env.ref_logp_table)))
+    assert m["policy/entropy"] == pytest.approx(brute_force(env, env.reference)["entropy"], rel=1e-5)
+    assert m["policy/entropy"] > 0.1  # the reference is not a point mass
     # KL(pi_ref || pi*_beta) is what the reference still lacks
     target = env.optimal_logp(0.5)
     assert m["kl/to_target"] == pytest.approx(float(X.kl(env.ref_logp_table, target)), rel=1e-9)
@@ -107,6 +108,48 @@ def _perturbed(env, scale=0.3, seed=0):
         for p in policy.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g))
     return policy
+
+
+def brute_force(env, policy) -> dict[str, float]:
+    """KL(pi || pi_ref), entropy, E[r] and the BT win rate vs pi_ref by plain Python loops over every (prompt,
+    response): one forward per sequence, log-softmax at each response position, float arithmetic. Independent
+    of the task's tables (only the gold reward table and the models are shared)."""
+
+    def seq_logp(model, k, n):
+        ids = torch.cat([env.prompt_ids[k:k + 1], env.response_ids[n]])[None]
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].double()
+        return sum(float(logits[t].log_softmax(-1)[ids[0, t + 1]]) for t in range(ids.shape[1] - 1))
+
+    K, N = env.reward_table.shape
+    r = env.reward_table.tolist()
+    out = {"kl": 0.0, "entropy": 0.0, "reward": 0.0, "win": 0.0}
+    for k in range(K):
+        lp = [seq_logp(policy, k, n) for n in range(N)]
+        lq = [seq_logp(env.reference, k, n) for n in range(N)]
+        zp, zq = sum(map(math.exp, lp)), sum(map(math.exp, lq))  # 1 up to rounding (masked model)
+        assert abs(zp - 1) < 1e-4 and abs(zq - 1) < 1e-4
+        lp = [x - math.log(zp) for x in lp]
+        lq = [x - math.log(zq) for x in lq]
+        for n in range(N):
+            p = math.exp(lp[n])
+            out["kl"] += p * (lp[n] - lq[n]) / K
+            out["entropy"] -= p * lp[n] / K
+            out["reward"] += p * r[k][n] / K
+            for m in range(N):
+                out["win"] += p * math.exp(lq[m]) / (1 + math.exp(r[k][m] - r[k][n])) / K
+    return out
+
+
+def test_exact_metrics_equal_a_brute_force_loop(env):
+    policy = _perturbed(env, seed=5)
+    m = env.evaluate(policy, beta=1.0).metrics
+    bf = brute_force(env, policy)
+    assert bf["kl"] > 0.05  # the perturbed policy is far enough from the reference for the check to bite
+    assert m["kl/ref"] == pytest.approx(bf["kl"], rel=1e-4, abs=1e-7)
+    assert m["policy/entropy"] == pytest.approx(bf["entropy"], rel=1e-5)
+    assert m["reward/gold"] == pytest.approx(bf["reward"], rel=1e-5, abs=1e-7)
+    assert m["winrate/vs_ref"] == pytest.approx(bf["win"], rel=1e-5)
 
 
 def test_prefix_shared_table_equals_full_scoring(env):

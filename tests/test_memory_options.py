@@ -8,11 +8,13 @@ from alignbench.cli import main
 from alignbench.config import TrainConfig
 from alignbench.models import prepare_policy
 
+from .conftest import require
+
 from .test_sweep import sweep_args
 
 
 def test_lora_trains_only_adapters_and_the_base_is_the_reference(tiny_exact_env):
-    pytest.importorskip("peft", reason="the peft extra is not installed")
+    require("peft")
     policy = prepare_policy(tiny_exact_env.make_policy(), TrainConfig(lora_r=4))
     trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -26,7 +28,7 @@ def test_lora_trains_only_adapters_and_the_base_is_the_reference(tiny_exact_env)
                                    ["--train-arg", "gradient_checkpointing=true"]])
 def test_memory_options_run_through_the_sweep(tmp_path, cache_dir, extra):
     if "lora_r=4" in extra:
-        pytest.importorskip("peft", reason="the peft extra is not installed")
+        require("peft")
     out = tmp_path / "mem"
     assert main(sweep_args(out, cache_dir, methods="dpo,kto", betas="0.5", extra=extra)) == 0
     s = pd.read_csv(out / "summary.csv")
@@ -49,4 +51,6 @@ def test_bf16_autocast_runs_and_stays_close_to_fp32(tmp_path, cache_dir):
     assert main(sweep_args(b, cache_dir, methods="dpo", betas="0.5", extra=["--train-arg", "precision=bf16"])) == 0
     ka, kb = pd.read_csv(a / "summary.csv")["kl"][0], pd.read_csv(b / "summary.csv")["kl"][0]
     assert kb != ka  # it really ran in reduced precision
+    # after 6 Adam steps there is no derivable bound (rounding moves sign-like updates); the sharp check, with a
+    # tolerance derived from bf16's 8-bit precision, is on the log-probs: test_numerics.py
     assert kb == pytest.approx(ka, rel=0.2)

@@ -12,6 +12,8 @@ from alignbench.models import tiny_gpt2
 from alignbench.packing import pack_prefix_tree, packed_forward, plan_packing, worth_packing
 from alignbench.trainer import PolicyForward, concat_forward
 
+from .conftest import require
+
 from .test_sweep import sweep_args
 
 
@@ -250,7 +252,7 @@ def test_packing_with_the_memory_options(option):
     from alignbench.models import prepare_policy
 
     if option == "lora":
-        pytest.importorskip("peft", reason="the peft extra is not installed")
+        require("peft")
     model = tiny_gpt2(32, n_positions=32, n_layer=2, n_embd=32, n_head=4, seed=2)
     tc = TrainConfig(gradient_checkpointing=True) if option == "gradient_checkpointing" else TrainConfig(lora_r=4)
     model = prepare_policy(model, tc)

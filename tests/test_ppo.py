@@ -11,6 +11,7 @@ from alignbench import exact as X
 from alignbench.config import from_mapping
 from alignbench.errors import ConfigError
 from .conftest import SMALL_EXACT
+from .runs import run_method
 from alignbench.registry import get_method, get_task
 from alignbench.runner import RunSpec, execute
 from alignbench.generation import right_pad
@@ -170,26 +171,7 @@ def test_ppo_surrogate_with_exact_expectations_reaches_pi_star(env):
 # ------------------------------------------------------------------------------------------ runs
 
 
-def _run(task, env, cache, tmp_path, method: str, overrides: dict, train: dict | None = None, seed: int = 0):
-    cls = get_method(method)
-    mcfg = from_mapping(cls.config_cls, overrides)
-    spec = RunSpec(task="exact", method=method, seed=seed, method_config=mcfg, task_config=task.config,
-                   train=task.train_config(train or {}), run_id=f"{method}-test")
-    made = []
-    original = env.make_policy
-
-    def make_policy():
-        made.append(original())
-        return made[-1]
-
-    env.make_policy = make_policy
-    try:
-        summary = execute(spec, env, cls(mcfg), tmp_path / method, device=CPU, cache_dir=cache, show_progress=False)
-    finally:
-        del env.make_policy
-    from alignbench import io
-
-    return summary, io.read_jsonl(tmp_path / method / "metrics.jsonl"), made
+_run = run_method  # tests/runs.py
 
 
 def test_short_ppo_run_raises_gold_reward(task, env, cache, tmp_path):

@@ -1,8 +1,7 @@
-"""Reliability: determinism per method, resume after a kill, numerical faults, concurrent sweeps."""
+"""Reliability: numerical faults, concurrent sweeps (determinism and resume: tests/test_resume.py)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,8 +14,6 @@ from alignbench.cli import main
 
 from .conftest import TINY_EXACT, TINY_TRAIN
 from .test_sweep import sweep_args
-
-OFFLINE = ["dpo", "ipo", "kto"]
 
 
 def metrics(out):
@@ -31,77 +28,7 @@ def comparable(summary_csv):
     return pd.read_csv(summary_csv).drop(columns=["wall_s"])
 
 
-def test_same_config_and_seed_give_identical_metrics(tmp_path, cache_dir):
-    a, b = tmp_path / "a", tmp_path / "b"
-    for out in (a, b):
-        assert main(sweep_args(out, cache_dir, methods=",".join(OFFLINE), betas="0.3")) == 0
-    ma, mb = metrics(a), metrics(b)
-    assert sorted(ma) == sorted(mb) and len(ma) == len(OFFLINE)
-    assert ma == mb  # bit-identical floats in every logged metric of every method
-    pd.testing.assert_frame_equal(comparable(a / "summary.csv"), comparable(b / "summary.csv"))
-
-
-def test_resume_from_checkpoint_matches_uninterrupted(tmp_path, cache_dir, monkeypatch):
-    """A run stopped right after a checkpoint resumes from it and ends exactly where a clean run ends."""
-    from alignbench import runner
-
-    extra = ["--train-arg", "checkpoint_every=2"]
-    clean = tmp_path / "clean"
-    assert main(sweep_args(clean, cache_dir, methods="dpo,kto", betas="0.3", extra=extra)) == 0
-
-    calls = {"n": 0}
-    original = runner.RunContext.save_checkpoint
-
-    def save_then_die(self, step, modules, extra_state):
-        original(self, step, modules, extra_state)
-        calls["n"] += 1
-        if step == 4:
-            raise KeyboardInterrupt  # stands in for SIGKILL right after the checkpoint at step 4
-
-    monkeypatch.setattr(runner.RunContext, "save_checkpoint", save_then_die)
-    killed = tmp_path / "killed"
-    assert main(sweep_args(killed, cache_dir, methods="dpo,kto", betas="0.3", extra=extra)) == 130
-    monkeypatch.setattr(runner.RunContext, "save_checkpoint", original)
-    run_dirs = list((killed / "runs").iterdir())
-    assert len(run_dirs) == 1 and (run_dirs[0] / "checkpoint.pt").exists()
-    assert not (run_dirs[0] / "summary.json").exists()
-
-    resumed_from = {}
-    original_resume = runner.RunContext.resume
-
-    def spy(self, modules, state):
-        step = original_resume(self, modules, state)
-        resumed_from[self.spec.run_id] = step
-        return step
-
-    monkeypatch.setattr(runner.RunContext, "resume", spy)
-    assert main(sweep_args(killed, cache_dir, methods="dpo,kto", betas="0.3", extra=extra)) == 0
-    assert sorted(resumed_from.values()) == [0, 4]  # one run resumed at step 4, the other started fresh
-    assert metrics(killed) == metrics(clean)
-    pd.testing.assert_frame_equal(comparable(killed / "summary.csv"), comparable(clean / "summary.csv"))
-    assert not list(killed.rglob("checkpoint.pt"))  # removed once the run is complete
-
-
-def test_sigkill_mid_sweep_then_rerun_gives_the_same_summary(tmp_path, cache_dir):
-    """SIGKILL a real sweep process at an arbitrary moment; the same command finishes it identically."""
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    args = sweep_args(clean, cache_dir, methods="dpo,ipo", betas="0.1,1.0")
-    assert main(args) == 0
-    kill_args = sweep_args(killed, cache_dir, methods="dpo,ipo", betas="0.1,1.0")
-    env = {**os.environ, "ALIGNBENCH_QUIET": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "alignbench", *kill_args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    # kill as soon as the second run has started: one run is complete, one is half done
-    while time.time() < deadline and len(list(killed.glob("runs/*/config.json"))) < 2:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = {p.parent.name for p in killed.glob("runs/*/summary.json")}
-    assert len(done_before) < 4
-    assert main(kill_args) == 0
-    pd.testing.assert_frame_equal(comparable(killed / "summary.csv"), comparable(clean / "summary.csv"))
-    assert not list(killed.rglob("*.tmp"))
+# Determinism and resume after SIGKILL from a real checkpoint, for every method kind: tests/test_resume.py.
 
 
 NAN_PLUGIN = '''

@@ -13,7 +13,6 @@ from alignbench import report as R
 from alignbench.cli import main
 from alignbench.registry import get_method
 
-from .conftest import TINY_EXACT, TINY_TRAIN
 
 SECTIONS = ["## What was run", "## Reward vs KL frontier", "## Win rates", "### Against the reference policy",
             "### Head to head, each method at its best sweep value", "### Head to head at matched KL budgets",
@@ -154,11 +153,21 @@ def test_report_from_synthetic_results_has_every_section_in_order(synth):
 def test_findings_are_written_from_the_numbers(synth):
     text = (synth / "report.md").read_text()
     findings = text[text.index("## Findings"):text.index("## Failed runs")]
-    assert "Overoptimization detected in" in findings and "ppo" in findings
-    assert "Overfitting in" in findings and "dpo" in findings
-    assert "chosen log-ratio ended below 0" in findings
+    # the numbers come from synth_results' formulas:
+    # ppo's proxy is 0.1 * i at evaluation i: from its gold peak (step 20, i = 2) to the end (i = 5) it rises by 0.3
+    assert ("- Overoptimization detected in 2 run(s): `exact` ppo β=0.1 (seed 0): gold reward peaked at step 20 "
+            "(0.786) and fell by 0.193 by the end while online/rm_reward rose by 0.300; `exact` ppo β=1 (seed 0): ") \
+        in findings
+    # dpo's held-out loss 0.69 - 0.05 i + 0.08 max(0, i - 3): 0.54 at step 30, 0.60 at step 50 (+0.06); accuracy
+    # gap at the end (0.5 + 0.07 * 5) - (0.5 + 0.04 * 5) = 0.15; ipo (no rise) is not flagged
+    assert ("- Overfitting in 2 of 4 offline runs (held-out loss rose while the training-subset loss fell), e.g. "
+            "`exact` dpo β=0.1 (seed 0): held-out loss +0.06 after step 30, train−held-out accuracy gap 0.150; "
+            "`exact` dpo β=1 (seed 0): held-out loss +0.06 after step 30") in findings
+    # chosen / rejected log-ratios -0.3 i and -1.0 i: -1.50 and -5.00 at i = 5, below 0 from the first step after 0
+    assert ("- `exact` dpo: the held-out chosen log-ratio ended below 0 in 2 of 2 runs (the chosen likelihood fell "
+            "too); lowest at β=0.1: chosen -1.50, rejected -5.00 nats, below 0 from step 10.") in findings
     assert "frontier scores not compared (one seed: no interval over training runs)" in findings
-    assert "nats" in findings
+    assert "- 1 of 12 runs failed (see below)." in findings
     per_run = text[text.index("### Per-run diagnostics"):text.index("### Gao et al.")]
     assert "**yes**" in per_run
 
@@ -207,7 +216,12 @@ def test_stress_runs_are_called_out(tmp_path):
     text = R.write_report(out).read_text()
     growth = text[text.index("### KL growth over training"):text.index("## Findings")]
     assert "`exact`: Deterministic preference labels (the stress preset)." in growth  # the task's own note
-    assert "not bounded" in growth or "bounded in all" in growth
+    # KL along lp = ref + t r with t = (s / 50) * strength / 2, strength = 2 / beta (x 1.5 for dpo): at beta = 0.1
+    # dpo's t reaches 15 and its KL has saturated by the last third (bounded), every other run still climbs
+    assert "- **`exact`: KL bounded in every run: none; not bounded in at least one run: dpo, ipo.**" in growth
+    assert "- `exact` / dpo: KL **not bounded** in 1 of 2 runs (still growing over the last third, by up to +47%, " \
+           "at β=1; k of n seeds per value: β=1: 1 of 1 seed)." in growth
+    assert "- `exact` / ipo: KL **not bounded** in 2 of 2 runs" in growth
 
 
 def test_stress_preset_config_plans():
@@ -223,15 +237,9 @@ def test_stress_preset_config_plans():
 # ------------------------------------------------------------------------------------------ a real smoke sweep
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, cache_dir):
-    out = tmp_path_factory.mktemp("smoke-report")
-    args = ["sweep", "--task", "exact", "--methods", "dpo,kto", "--betas", "0.1,1.0", "--out", str(out),
-            "--cache-dir", str(cache_dir), "--no-progress"]
-    args += [f"--task-arg=exact.{k}={v}" for k, v in TINY_EXACT.items()]
-    args += [f"--train-arg={k}={v}" for k, v in TINY_TRAIN.items()]
-    assert main(args) == 0
-    return out
+@pytest.fixture
+def smoke(dpo_kto_sweep):
+    return dpo_kto_sweep  # the session's DPO + KTO smoke sweep (conftest.py)
 
 
 def test_report_from_a_smoke_sweep_contains_every_section(smoke):

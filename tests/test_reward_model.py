@@ -10,25 +10,16 @@ import torch
 from alignbench import reward_model as RM
 from alignbench.config import from_mapping
 from alignbench.errors import AlignbenchError, ConfigError
-from .conftest import SMALL_EXACT
-from alignbench.registry import get_task
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def env(cache_dir):
-    # conftest.py's session-wide cache: the test modules share the reference model
-    task_cls = get_task("exact")
-    return task_cls(from_mapping(task_cls.config_cls, SMALL_EXACT)).setup(cache_dir, CPU)
+# fixtures `env` (the SMALL_EXACT task) and `reward_model` (its seed-0 RM, trained once per session): conftest.py
 
 
-@pytest.fixture(scope="module")
-def trained(env, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("rm-cache")
-    RM.clear_memo()
-    rm = RM.get_reward_model(env, cache, 0, CPU, show_progress=False)
-    return rm, cache
+@pytest.fixture
+def trained(reward_model, cache):
+    return reward_model, cache
 
 
 def oracle_accuracy(env) -> float:
@@ -43,7 +34,6 @@ def test_reward_model_learns_the_preferences(env, trained):
     rm, cache = trained
     m = rm.metrics
     ceiling = oracle_accuracy(env)
-    assert m["cached"] is False
     assert m["eval_accuracy"] > 0.6, m
     assert m["eval_accuracy"] > ceiling - 0.1, (m["eval_accuracy"], ceiling)
     assert m["gold_corr"] > 0.5, m
@@ -119,3 +109,23 @@ def test_pearson():
     a = torch.tensor([1.0, 2.0, 3.0])
     assert RM.pearson(a, 2 * a + 1) == pytest.approx(1.0)
     assert RM.pearson(a, -a) == pytest.approx(-1.0)
+
+
+def test_bradley_terry_loss_hand_derived():
+    # margins r_w - r_l = 1, 0, -2:
+    #   -log sigma(1)  = log(1 + e^-1) = 0.31326168751822286
+    #   -log sigma(0)  = log 2         = 0.69314718055994531
+    #   -log sigma(-2) = log(1 + e^2)  = 2.12692801104297249
+    #   mean = 3.13333687912114066 / 3 = 1.04444562637371355
+    chosen = torch.tensor([1.5, 0.0, -1.0], dtype=torch.float64, requires_grad=True)
+    rejected = torch.tensor([0.5, 0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    loss = RM.bt_loss(chosen, rejected)
+    assert loss.item() == pytest.approx(1.04444562637371355, abs=1e-12)
+    loss.backward()
+    # d/dr_w = -(1 - sigma(m)) / B = -sigma(-m) / 3: -0.26894142/3, -0.5/3, -0.88079708/3; d/dr_l = minus that
+    want = -torch.tensor([0.2689414213699951, 0.5, 0.8807970779778823], dtype=torch.float64) / 3
+    torch.testing.assert_close(chosen.grad, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(rejected.grad, -want, rtol=0, atol=1e-12)
+    # only the margin matters (BT is shift invariant), and a large negative margin stays finite: log(1 + e^40) ~ 40
+    assert RM.bt_loss(chosen.detach() + 7.0, rejected.detach() + 7.0).item() == pytest.approx(loss.item(), abs=1e-12)
+    assert RM.bt_loss(torch.tensor([-20.0]), torch.tensor([20.0])).item() == pytest.approx(40.0, abs=1e-6)

@@ -5,15 +5,15 @@ import pytest
 
 from alignbench.cli import main
 
+from .conftest import free_port, require, require_executable
+
 from .test_reliability import comparable, metrics
 from .test_sweep import sweep_args
 
 
-@pytest.fixture(scope="module")
-def serial(tmp_path_factory, cache_dir):
-    out = tmp_path_factory.mktemp("serial")
-    assert main(sweep_args(out, cache_dir, methods="dpo,kto", betas="0.1,1.0")) == 0
-    return out
+@pytest.fixture
+def serial(dpo_kto_sweep):
+    return dpo_kto_sweep  # the session's single-process DPO + KTO sweep (conftest.py)
 
 
 def test_local_workers_match_a_single_process(tmp_path, cache_dir, serial):
@@ -25,7 +25,7 @@ def test_local_workers_match_a_single_process(tmp_path, cache_dir, serial):
 
 
 def test_ray_executor_on_a_local_instance(tmp_path, cache_dir, serial):
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'alignbench[ray]')")
+    ray = require("ray", "the ray extra is not installed (pip install 'alignbench[ray]')")
     out = tmp_path / "ray"
     try:
         assert main(sweep_args(out, cache_dir, methods="dpo,kto", betas="0.1,1.0", extra=["--executor", "ray"])) == 0
@@ -48,18 +48,14 @@ def test_data_parallel_two_processes_match_one_process(tmp_path, cache_dir, seri
     KTO's z0 is gathered over both; the results equal the single-process sweep's, written once."""
     import json
     import os
-    import shutil
     import subprocess
-    import sys
 
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
-        pytest.skip("torchrun not found next to the Python interpreter")
+    torchrun = require_executable("torchrun")  # torch's console script, in the same venv as the interpreter
     out = tmp_path / "ddp"
     env = {**os.environ, "ALIGNBENCH_QUIET": "1", "OMP_NUM_THREADS": "1"}
     args = sweep_args(out, cache_dir, methods="dpo,kto", betas="0.1,1.0")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29561", "-m", "alignbench", *args],
-                          env=env, capture_output=True, text=True, timeout=600)
+    launch = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "alignbench"]
+    proc = subprocess.run([*launch, *args], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = comparable(out / "summary.csv"), comparable(serial / "summary.csv")
     assert list(a["run_id"]) == list(b["run_id"])

@@ -4,11 +4,13 @@ import pytest
 
 from alignbench.cli import main
 
+from .conftest import require
+
 from .test_sweep import sweep_args
 
 
 def test_tensorboard_receives_every_logged_metric(tmp_path, cache_dir):
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    require("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "tb"

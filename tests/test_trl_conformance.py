@@ -23,7 +23,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-trl = pytest.importorskip("trl")
+from .conftest import require
+
+trl = require("trl")
 from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
 from trl.trainer.kto_trainer import KTOTrainer  # noqa: E402
 
@@ -91,8 +93,9 @@ def trl_args(tmp_path_factory):
     return {"dpo": trl.DPOConfig(**kw), "kto": trl.KTOConfig(**kw)}
 
 
-def trl_dpo(args, loss_type: str, beta: float, pc, pr, ref_c, ref_r, len_c, len_r):
-    """TRL's DPOTrainer._compute_loss on our log-probs. Returns (loss, grad of (pc, pr), stub)."""
+def trl_dpo(args, loss_type: str, beta: float, pc, pr, ref_c, ref_r, len_c, len_r, label_smoothing=None):
+    """TRL's DPOTrainer._compute_loss on our log-probs. Returns (loss, grad of (pc, pr), stub).
+    ``label_smoothing`` overrides the config's (what ``DPOConfig(label_smoothing=...)`` sets on the trainer)."""
     self = common_stub(args)
     # the attributes DPOTrainer.__init__ sets from its args (dpo_trainer.py, "Training arguments")
     self.beta = beta
@@ -101,7 +104,7 @@ def trl_dpo(args, loss_type: str, beta: float, pc, pr, ref_c, ref_r, len_c, len_
     self.ld_alpha = args.ld_alpha
     self.f_divergence_type = args.f_divergence_type
     self.f_alpha_divergence_coef = args.f_alpha_divergence_coef
-    self.label_smoothing = args.label_smoothing
+    self.label_smoothing = args.label_smoothing if label_smoothing is None else label_smoothing
     self.use_weighting = args.use_weighting
     table = torch.cat([pc, pr]).detach().clone().requires_grad_(True)
     b = len(pc)
@@ -160,6 +163,32 @@ def test_dpo_sigmoid_matches_trl(trl_args, pairs, beta):
     assert out.rejected_rewards.mean().item() == pytest.approx(m["rewards/rejected"][-1], abs=1e-6)
     assert out.metrics["train/margin"].item() == pytest.approx(m["rewards/margins"][-1], abs=1e-6)
     assert out.metrics["train/accuracy"].item() == pytest.approx(m["rewards/accuracies"][-1], abs=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.25, 0.4])
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+def test_cdpo_label_smoothing_matches_trl(trl_args, pairs, beta, eps):
+    """cDPO -(1 - eps) log sigma(beta h) - eps log sigma(-beta h) against TRL 1.16.
+
+    TRL 1.16's "sigmoid" loss ignores label_smoothing; the label-smoothed sigmoid lives in its "aot" loss, which
+    applies it to delta = sort(policy log-ratios) - sort(reference log-ratios). With the rows ordered so that both
+    log-ratio columns are increasing, the sorts are the identity and delta is DPO's margin h row by row: TRL's
+    aot loss is then exactly cDPO. (TRL's "robust" loss divides by 1 - 2 eps: a different, unbiased estimator.)"""
+    order = torch.argsort(pairs["pc"] - pairs["pr"])
+    p = {k: v[order] for k, v in pairs.items()}
+    # make the reference log-ratios increase in the same row order (keeping each row's values otherwise random)
+    ref_gap = torch.sort(p["ref_c"] - p["ref_r"]).values
+    p["ref_r"] = p["ref_c"] - ref_gap
+    assert (torch.diff(p["pc"] - p["pr"]) > 0).all() and (torch.diff(p["ref_c"] - p["ref_r"]) >= 0).all()
+    ref_loss, ref_grad, _ = trl_dpo(trl_args["dpo"], "aot", beta, **p, label_smoothing=eps)
+    pc = p["pc"].clone().requires_grad_(True)
+    pr = p["pr"].clone().requires_grad_(True)
+    out = dpo_loss(pc, pr, p["ref_c"], p["ref_r"], beta=beta, label_smoothing=eps)
+    out.loss.backward()
+    torch.testing.assert_close(out.loss.detach(), ref_loss, **TOL)
+    torch.testing.assert_close(torch.cat([pc.grad, pr.grad]), ref_grad, **TOL)
+    plain = dpo_loss(p["pc"], p["pr"], p["ref_c"], p["ref_r"], beta=beta).loss
+    assert abs(plain.item() - ref_loss.item()) > 1e-3  # the smoothing changes the loss: the check can fail
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5, 1.0])

@@ -400,10 +400,13 @@ def build_winrates(out: str | Path, summary: pd.DataFrame, *, budgets: Sequence[
 
 
 def fmt_ci(w: float, lo: float, hi: float) -> str:
+    """"w [lo, hi]" with 2 decimals, or 3 where the interval is narrower than 0.02 (so that an interval that
+    excludes 0.5 by a little does not print as [0.50, 0.50])."""
     if not math.isfinite(w):
         return ""
     if math.isfinite(lo) and math.isfinite(hi):
-        return f"{w:.2f} [{lo:.2f}, {hi:.2f}]"
+        d = 3 if hi - lo < 0.02 else 2
+        return f"{w:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
     return f"{w:.3f}"
 
 
