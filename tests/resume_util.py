@@ -58,6 +58,11 @@ KINDS = [
     Kind("ppo", "ppo", ("--betas", "0.3", *online_args("ppo"))),          # with its learned reward model
     Kind("ppo-gt", "ppo-gt", ("--betas", "0.3", *online_args("ppo-gt"))),
     Kind("bon", "bon", ("--grid", "bon=1,4"), checkpoints=False),
+    Kind("simpo", "simpo", ("--betas", "2.0")),                          # reference-free (bco: test_offline_family)
+    Kind("rloo", "rloo", ("--betas", "0.1", *online_args("rloo"))),      # the shared online loop's methods
+    Kind("grpo", "grpo", ("--betas", "0.1", *online_args("grpo"))),
+    Kind("online-dpo", "online-dpo", ("--betas", "0.1", *online_args("online-dpo"),
+                                      "--method-arg=online-dpo.label=bt")),  # sampled labels: RNG state resumed
 ]
 CHECKPOINT_EVERY = 2  # TINY_TRAIN has 6 steps: checkpoints at 2 and 4, evaluations at 0, 3, 6
 

@@ -89,10 +89,13 @@ def tagged_picks(summary: pd.DataFrame, task: str) -> tuple[list[tuple[W.Unit, s
     out = []
     for m in sorted(set(best) | set(matched)):
         b, k = best.get(m), matched.get(m)
-        if b is not None and k is not None and b.value == k.value:
+        if b is not None and k is not None and b.run_ids == k.run_ids:
             out.append((b, f"best, KL≈{budget:g}"))
             continue
-        out += [(u, t) for u, t in ((b, "best"), (k, f"KL≈{budget:g}")) if u is not None]
+        if b is not None:
+            out.append((b, "best"))
+        if k is not None:  # (a matched unit implies a budget)
+            out.append((k, f"KL≈{budget:g}"))
     return out, budget
 
 
