@@ -4,8 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= configs/default.yaml
+# one sweep worker per core (each run uses one torch thread)
+WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: install sweep sweep-exact test bench bench-gpu gpu-wheels report clean
+.PHONY: install sweep sweep-exact test bench bench-gpu gpu-wheels report reproduce clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,14 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-sweep: install        ## run the default sweep into results/default (resumes; completed runs are skipped)
-	$(BIN)/alignbench sweep --config $(CONFIG)
+sweep: install        ## run the default sweep into results/default, one worker per core (resumes; completed runs are skipped)
+	$(BIN)/alignbench sweep --config $(CONFIG) --workers $(WORKERS)
 
 sweep-exact: install  ## the exact task alone with dpo, ipo, kto
-	$(BIN)/alignbench sweep --config configs/exact.yaml
+	$(BIN)/alignbench sweep --config configs/exact.yaml --workers $(WORKERS)
 
 reproduce: install    ## rerun the default sweep into .reproduce/default and compare it run by run with results/default
-	$(BIN)/alignbench sweep --config $(CONFIG) --out .reproduce/default --no-progress
+	$(BIN)/alignbench sweep --config $(CONFIG) --out .reproduce/default --workers $(WORKERS)
 	$(BIN)/alignbench compare results/default .reproduce/default
 
 report: install       ## rebuild results/default/report.md from its files

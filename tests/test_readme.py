@@ -15,6 +15,7 @@ A command matching no rule fails the test, naming it: a new kind of command need
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -130,6 +131,7 @@ def make_recipe(target: str) -> list[str] | None:
         line = line.strip()
         for _ in range(3):
             line = re.sub(r"\$\((\w+)\)", lambda v: variables.get(v.group(1), ""), line)
+            line = re.sub(r"\$\(shell nproc[^)]*\)", str(os.cpu_count() or 1), line)  # WORKERS: one per core
         words = shlex.split(line)
         if words and words[0].endswith("/alignbench"):
             return words[1:]
