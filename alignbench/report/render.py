@@ -21,8 +21,11 @@ DPI = 100
 
 
 def method_palette(methods: list[str]) -> dict[str, Any]:
-    colors = sns.color_palette("tab10", n_colors=max(10, len(methods)))
-    return {m: colors[i % len(colors)] for i, m in enumerate(sorted(methods))}
+    """A distinct colour per method: tab10 up to 10 methods, tab20 (then husl) beyond, so no two methods share one."""
+    n = len(set(methods))
+    name = "tab10" if n <= 10 else ("tab20" if n <= 20 else "husl")
+    colors = sns.color_palette(name, n_colors=max(n, 10 if name == "tab10" else n))
+    return {m: colors[i % len(colors)] for i, m in enumerate(sorted(set(methods)))}
 
 
 def value_palette(values: list[float]) -> dict[float, Any]:

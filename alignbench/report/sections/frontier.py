@@ -27,7 +27,9 @@ def plot_frontier(out: Path, summary: pd.DataFrame) -> Path | None:
     ok = ok[ok["kl"].notna() & ok["reward"].notna()]
     tasks = sorted(ok["task"].unique())
     theme()
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
+    n_methods = summary["method"].nunique()
+    fig, axes = plt.subplots(1, len(tasks), figsize=((6.4 + (1.2 if n_methods > 6 else 0)) * len(tasks), 4.8 + 0.12 * max(0, n_methods - 8)),
+                             squeeze=False)
     palette = method_palette(list(summary["method"].unique()))
     for ax, task in zip(axes[0], tasks):
         df = ok[ok["task"] == task]
@@ -62,7 +64,10 @@ def plot_frontier(out: Path, summary: pd.DataFrame) -> Path | None:
         ax.set_xlabel(f"KL(π ‖ π_ref)  [nats; linear below {SYMLOG_LINTHRESH:g}, log above]")
         ax.set_ylabel("gold reward (mean over seeds)")
         ax.set_xlim(left=0.0)
-        ax.legend(fontsize=8, loc="lower right")
+        if n_methods > 6:  # many methods: the legend beside the axes, not over the points
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        else:
+            ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path = out / FIGURE
     save_figure(fig, path)
