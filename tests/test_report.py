@@ -166,7 +166,7 @@ def test_findings_are_written_from_the_numbers(synth):
     # chosen / rejected log-ratios -0.3 i and -1.0 i: -1.50 and -5.00 at i = 5, below 0 from the first step after 0
     assert ("- `exact` dpo: the held-out chosen log-ratio ended below 0 in 2 of 2 runs (the chosen likelihood fell "
             "too); lowest at β=0.1: chosen -1.50, rejected -5.00 nats, below 0 from step 10.") in findings
-    assert "frontier scores not compared (one seed: no interval over training runs)" in findings
+    assert "frontier scores not compared (one seed: no interval over training runs); the point scores are in the ranking section." in findings
     assert "- 1 of 12 runs failed (see below)." in findings
     per_run = text[text.index("### Per-run diagnostics"):text.index("### Gao et al.")]
     assert "**yes**" in per_run

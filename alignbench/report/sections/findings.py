@@ -56,9 +56,15 @@ def findings_frontier(summary: pd.DataFrame, ranking: pd.DataFrame) -> list[str]
         rest = [r for _, r in rest.iterrows() if (r["method"], r["method_b"]) not in decided]
         if rest:
             n_max = max(max(int(r["n_seeds"]), int(r["n_seeds_b"])) for r in rest)
-            why = "not distinguishable" if n_max >= 2 else "not compared (one seed: no interval over training runs)"
-            out.append(f"- **{task}**: frontier scores {why}: " + ", ".join(
-                f"{r['method']} vs {r['method_b']} (n={int(r['n_seeds'])}, {int(r['n_seeds_b'])})" for r in rest) + ".")
+            if n_max < 2:
+                out.append(f"- **{task}**: frontier scores not compared (one seed: no interval over training runs); "
+                           "the point scores are in the ranking section.")
+            elif len(rest) <= 12:
+                out.append(f"- **{task}**: frontier scores not distinguishable: " + ", ".join(
+                    f"{r['method']} vs {r['method_b']} (n={int(r['n_seeds'])}, {int(r['n_seeds_b'])})" for r in rest) + ".")
+            else:
+                out.append(f"- **{task}**: the other {len(rest)} pairs of frontier scores are not distinguishable with "
+                           f"{n_max} seeds or fewer (`ranking.csv`).")
         if "frontier_gap" in t and t["frontier_gap"].notna().any():
             gaps = t.groupby("method")["frontier_gap"].agg(["median", "min", "size"]).sort_values("median")
             out.append(f"- **{task}**: distance below the optimal frontier (gold reward at the same KL), median (min) "
