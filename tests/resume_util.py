@@ -136,7 +136,7 @@ def kill_at_pause(kind: Kind, out: Path, cache_dir: Path, timeout: float = 300.0
 
 def _child(mode: str, marker: str, args: list[str]) -> int:
     """The killed sweep: pause forever (until SIGKILL) right after the first checkpoint / the first complete run."""
-    from alignbench import runner, sweep
+    from alignbench import executors, runner
     from alignbench.cli import main
 
     def pause(info: dict) -> None:
@@ -153,14 +153,14 @@ def _child(mode: str, marker: str, args: list[str]) -> int:
 
         runner.RunContext.save_checkpoint = save_then_pause
     else:
-        original_execute = sweep.execute
+        original_execute = executors.execute  # what executors._run_locked calls for each run
 
         def execute_then_pause(spec, *a, **k):
             result = original_execute(spec, *a, **k)
             pause({"run_id": spec.run_id, "step": None})
             return result
 
-        sweep.execute = execute_then_pause
+        executors.execute = execute_then_pause
     return main(args)
 
 

@@ -103,6 +103,7 @@ def test_corrupted_reward_model_is_retrained_identically(tiny_exact_env, tmp_pat
 def test_corrupted_reference_logprobs_are_recomputed_identically(tiny_exact_env, tmp_path, capsys):
     from alignbench import trainer
 
+    cache.clear()  # another test may have prepared the same split in this process (the memo would skip the cache)
     clean = trainer.prepare(tiny_exact_env, "paired", "train", tmp_path, CPU)
     path = next((tmp_path / "reflogps").glob("*.safetensors"))
     flip(path, where=0.9)

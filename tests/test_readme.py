@@ -43,14 +43,17 @@ BUDGET = ["--steps", "2", "--seeds", "0", "--device", "cpu", "--no-progress", "-
 ONLINE_BUDGET = {"iterations": 2, "rollout_batch": 8, "minibatch_size": 8}  # set for every method with the field
 
 
-def online_budget() -> list[str]:
-    """--method-arg flags that shrink every registered method with online iterations (PPO-style fields)."""
+def online_budget(names: set[str] | None = None) -> list[str]:
+    """--method-arg flags that shrink every method of the sweep (``names``; all registered ones by default) that
+    has online iterations (PPO-style fields). A method-arg for a method outside the sweep is an input error."""
     from dataclasses import fields
 
     from alignbench.registry import methods
 
     out = []
     for name, cls in methods().items():
+        if names is not None and name not in names:
+            continue
         have = {f.name for f in fields(cls.config_cls)}
         out += [f"--method-arg={name}.{k}={v}" for k, v in ONLINE_BUDGET.items() if k in have]
     return out
@@ -187,15 +190,31 @@ def planned(args: list[str], monkeypatch):
     return seen["cfg"]
 
 
-def tiny(args: list[str], tasks: list[str], cache_dir: Path) -> list[str]:
+def sweep_methods(cfg) -> set[str]:
+    """The methods a sweep config runs (its own list, or each task's default set)."""
+    from alignbench.planning import _method_names
+    from alignbench.registry import get_task
+
+    return {m for t in cfg.tasks for m in _method_names(cfg, get_task(t))}
+
+
+_OUTS = iter(range(10**6))
+
+
+def tiny(args: list[str], tasks: list[str], cache_dir: Path, methods: set[str]) -> list[str]:
+    """The command with a tiny budget: values and method-args only for the sweep's own ``methods``. A command
+    without ``--out`` writes to a folder of its own (the default ``results/default`` belongs to one sweep: what
+    another sweep there does, nothing or a refusal, is tested in test_bad_input.py on the committed folder)."""
     args = list(args)
+    if "--out" not in args:
+        args += ["--out", f"results/readme-{next(_OUTS)}"]
     for flag, value in TINY_VALUES.items():
         if flag in args:
             args += [flag, value]
     for flag, value in DEFAULT_SWEEP_VALUES.items():
-        if flag not in args:
+        if flag not in args and (flag != "--grid" or value.split("=")[0] in methods):
             args += [flag, value]
-    args += [*BUDGET, *online_budget(), "--cache-dir", str(cache_dir)]
+    args += [*BUDGET, *online_budget(methods), "--cache-dir", str(cache_dir)]
     for t in tasks:
         args += [f"--task-arg={t}.{k}={v}" for k, v in TINY_TASK_ARGS[t].items()]
     return args
@@ -217,6 +236,10 @@ def run_command(cmd: str, cache_dir: Path, monkeypatch) -> str:
     else:
         args = alignbench_words(cmd)
         assert args is not None, f"README command not covered by tests/test_readme.py: {cmd!r} (add a rule)"
+    if args[0] == "compare":  # the README's folders are the committed ones; compare a folder this block wrote
+        written = sorted(Path("results").glob("*/summary.csv"))
+        assert written, f"README command {cmd!r}: no results folder written before it in this block"
+        args = ["compare", str(written[0].parent), str(written[0].parent)]
     if args[0] != "sweep":
         assert main(args) == 0, f"README command failed: {cmd}"
         return "run"
@@ -228,9 +251,10 @@ def run_command(cmd: str, cache_dir: Path, monkeypatch) -> str:
                  "them on tiny local copies)"
     if reason:
         return f"planned only ({reason})"
-    full = tiny(args, tasks, cache_dir)
+    full = tiny(args, tasks, cache_dir, sweep_methods(cfg))
     assert main(full) == 0, f"README command failed: {cmd}\n(run as: alignbench {' '.join(full)})"
-    s = pd.read_csv(Path(cfg.out) / "summary.csv")
+    out = full[len(full) - 1 - full[::-1].index("--out") + 1] if "--out" in full else cfg.out  # the last --out wins
+    s = pd.read_csv(Path(out) / "summary.csv")
     assert set(s["status"]) == {"ok"}, s[["run_id", "reason"]]
     return "run"
 
@@ -266,18 +290,52 @@ def repository_files() -> set[str]:
 @pytest.mark.parametrize("index,lines", PYTHON_BLOCKS, ids=[f"block{i}" for i, _ in PYTHON_BLOCKS])
 def test_readme_python_block_runs_verbatim_as_a_plugin(index, lines, tmp_path, cache_dir):
     header = lines[0]
+    section = re.match(r"#\s*alignbench/report/sections/(\w+)\.py\s*$", header)
+    if section:
+        return run_report_section(lines, tmp_path)
     m = re.match(r"#\s*methods/(\w+)\.py\s*$", header)
-    assert m, f"README python block {index}: its first line must name its file (# methods/<name>.py): {header!r}"
+    assert m, (f"README python block {index}: its first line must name its file (# methods/<name>.py or "
+               f"# alignbench/report/sections/<name>.py): {header!r}")
     plugin = tmp_path / f"{m.group(1)}.py"
     plugin.write_text("\n".join(lines) + "\n")  # verbatim
     name = re.search(r'@register_method\("([^"]+)"\)', plugin.read_text()).group(1)
     out = tmp_path / "out"
     args = tiny(["sweep", "--task", "exact", "--methods", name, "--out", str(out), "--plugins", str(plugin)],
-                ["exact"], cache_dir)
+                ["exact"], cache_dir, {name})
     assert main(args) == 0
     s = pd.read_csv(out / "summary.csv")
     assert list(s["method"]) == [name] and list(s["status"]) == ["ok"], s[["run_id", "reason"]]
     assert s["kl"][0] > 0  # the plugin's loss trained the policy away from the reference
+
+
+def run_report_section(lines: list[str], tmp_path: Path) -> None:
+    """A README report-section block, run verbatim: importing it registers the section, which then appears in a
+    report rebuilt from a small results folder (two completed runs of 1.5 s and 2.5 s)."""
+    import importlib.util
+
+    from alignbench.report import write_report
+    from alignbench.report.core import _SECTIONS, unregister_section
+
+    path = tmp_path / "readme_section.py"
+    path.write_text("\n".join(lines) + "\n")  # verbatim
+    before = set(_SECTIONS)
+    spec = importlib.util.spec_from_file_location("readme_section", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    added = set(_SECTIONS) - before
+    try:
+        assert len(added) == 1, f"the block registers one section, got {sorted(added)}"
+        out = tmp_path / "res"
+        out.mkdir()
+        pd.DataFrame([{"run_id": f"t-dpo-beta{b}-s0", "task": "t", "method": "dpo", "sweep_param": "beta",
+                       "beta": b, "sweep_value": b, "seed": 0, "status": "ok", "reason": "", "steps": 10,
+                       "wall_s": w, "kl": 1.0, "reward": 0.5} for b, w in ((0.1, 1.5), (1.0, 2.5))]
+                     ).to_csv(out / "summary.csv", index=False)
+        text = write_report(out).read_text()
+        assert "## Wall time\n\n4 s over 2 runs" in text, text[:2000]
+    finally:
+        for name in added:
+            unregister_section(name)
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
