@@ -15,6 +15,7 @@ A command matching no rule fails the test, naming it: a new kind of command need
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -71,7 +72,9 @@ NOT_RUN = {
     " ... ": "elided arguments ('...') in the README",
 }
 MAKE_NOT_RUN = {"test": "runs this test suite itself", "bench": "the benchmark is smoke-tested in test_bench_smoke.py",
-                "install": "installs packages", "clean": "removes caches"}
+                "install": "installs packages", "clean": "removes caches",
+                "reproduce": "the default sweep of `make sweep` (run here) again into another folder, then `compare`, "
+                             "which test_compare.py runs"}
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -198,7 +201,6 @@ def sweep_methods(cfg) -> set[str]:
     return {m for t in cfg.tasks for m in _method_names(cfg, get_task(t))}
 
 
-_OUTS = iter(range(10**6))
 
 
 def tiny(args: list[str], tasks: list[str], cache_dir: Path, methods: set[str]) -> list[str]:
@@ -206,8 +208,9 @@ def tiny(args: list[str], tasks: list[str], cache_dir: Path, methods: set[str]) 
     without ``--out`` writes to a folder of its own (the default ``results/default`` belongs to one sweep: what
     another sweep there does, nothing or a refusal, is tested in test_bad_input.py on the committed folder)."""
     args = list(args)
-    if "--out" not in args:
-        args += ["--out", f"results/readme-{next(_OUTS)}"]
+    if "--out" not in args:  # the same planned sweep (e.g. `make sweep` and `--config configs/default.yaml`) shares one
+        key = [a for i, a in enumerate(args) if a != "--workers" and (i == 0 or args[i - 1] != "--workers")]
+        args += ["--out", "results/readme-" + hashlib.sha256(" ".join(key).encode()).hexdigest()[:8]]
     for flag, value in TINY_VALUES.items():
         if flag in args:
             args += [flag, value]
