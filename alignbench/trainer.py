@@ -225,7 +225,7 @@ def preference_metrics(method: OfflineMethod, policy: nn.Module, data: PreparedS
     if pairs is None:
         policy.train(was)
         return {f"{prefix}/loss": float(out.loss)}
-    plp, _ = score_all(policy, pairs.tokens, device)
+    plp = lp if pairs is data else score_all(policy, pairs.tokens, device)[0]  # a paired method's own data: scored once
     lr_c = plp["chosen"] - pairs.ref_logps["chosen"]
     lr_r = plp["rejected"] - pairs.ref_logps["rejected"]
     if was:
@@ -252,8 +252,10 @@ def train_offline(method: OfflineMethod, ctx: RunContext) -> None:
     # log-ratio accuracy needs the reference on training pairs, so reference-free methods report the loss only
     n_probe = min(len(train), len(held_out))
     train_probe = _subset(train, torch.arange(n_probe))
-    pairs_train = (_subset(prepare(env, "paired", "train", ctx.cache_dir, device),
-                           torch.arange(min(n_probe, len(env.preferences["train"])))) if uses_ref else None)
+    paired_train = prepare(env, "paired", "train", ctx.cache_dir, device) if uses_ref else None
+    pairs_train = None if paired_train is None else (  # a paired method's probe is already these pairs
+        train_probe if paired_train is train else
+        _subset(paired_train, torch.arange(min(n_probe, len(env.preferences["train"])))))
 
     # accelerate: DDP over processes under `accelerate launch`; the identity in a single process
     dist = Distributed.for_device(device)
