@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= configs/default.yaml
-# one sweep worker per core (each run uses one torch thread)
-WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
+# sweeps use one worker per core by default (each run uses one torch thread); WORKERS=N overrides
+WORKERS ?=
+WORKERS_ARG := $(if $(WORKERS),--workers $(WORKERS))
 
 .PHONY: install sweep sweep-exact test bench bench-gpu gpu-wheels report reproduce clean
 
@@ -19,13 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 sweep: install        ## run the default sweep into results/default, one worker per core (resumes; completed runs are skipped)
-	$(BIN)/alignbench sweep --config $(CONFIG) --workers $(WORKERS)
+	$(BIN)/alignbench sweep --config $(CONFIG) $(WORKERS_ARG)
 
 sweep-exact: install  ## the exact task alone with dpo, ipo, kto
-	$(BIN)/alignbench sweep --config configs/exact.yaml --workers $(WORKERS)
+	$(BIN)/alignbench sweep --config configs/exact.yaml $(WORKERS_ARG)
 
 reproduce: install    ## rerun the default sweep into .reproduce/default and compare it run by run with results/default
-	$(BIN)/alignbench sweep --config $(CONFIG) --out .reproduce/default --workers $(WORKERS)
+	$(BIN)/alignbench sweep --config $(CONFIG) --out .reproduce/default $(WORKERS_ARG)
 	$(BIN)/alignbench compare results/default .reproduce/default
 
 report: install       ## rebuild results/default/report.md from its files

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--train-arg", action="append", metavar="FIELD=VALUE", help="training config field (repeatable)")
     sw.add_argument("--report-to", help="comma-separated trackers: tensorboard, wandb (default: none)")
     sw.add_argument("--plugins", help="extra plugin files or folders (comma-separated)")
-    sw.add_argument("--workers", help="parallel worker processes (up to --runs-per-gpu per GPU, or CPU workers); default 1")
+    sw.add_argument("--workers", help="parallel worker processes (up to --runs-per-gpu per GPU, or CPU workers); default: "
+                                      "one per CPU core, or --runs-per-gpu per GPU ($ALIGNBENCH_WORKERS sets it)")
     sw.add_argument("--runs-per-gpu", help="local workers placed on each GPU (round-robin); default 1")
     sw.add_argument("--executor", help="local (default) or ray")
     sw.add_argument("--ray-address", help="Ray cluster address for --executor ray (default: a local Ray instance)")

@@ -12,7 +12,7 @@ from . import cache, folder, io
 from .api import Method, Task
 from .config import from_mapping, stable_hash, to_dict
 from .distributed import is_main_process
-from .errors import AlignbenchError
+from .errors import AlignbenchError, ConfigError
 from .planning import Plan, SweepConfig, plan
 from .runner import RunSpec, execute
 
@@ -89,6 +89,28 @@ def _init_worker(gpu_queue: Any) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
 
 
+def default_workers(device: str, runs_per_gpu: int) -> int:
+    """The worker count when a sweep sets none: ``$ALIGNBENCH_WORKERS``, else runs_per_gpu per visible GPU, else one
+    per CPU core this process may use (each run uses one torch thread on the CPU)."""
+    import torch
+
+    env = os.environ.get("ALIGNBENCH_WORKERS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ConfigError("workers", f"$ALIGNBENCH_WORKERS must be an integer >= 1, got {env!r}")
+        return int(env)
+    n_gpu = torch.cuda.device_count() if device != "cpu" else 0
+    if n_gpu:
+        return n_gpu * runs_per_gpu
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_workers(cfg: SweepConfig, n_pending: int) -> int:
+    """Workers for ``n_pending`` runs: the configured count (or the default), never more than the runs."""
+    workers = cfg.workers if cfg.workers is not None else default_workers(cfg.device, cfg.runs_per_gpu)
+    return max(1, min(workers, n_pending))
+
+
 def _execute_pending(cfg: SweepConfig, the_plan: Plan, pending: list[RunSpec],
                      progress: folder.Progress) -> dict[str, dict[str, Any] | None]:
     """Run pending specs with the configured executor; returns run_id -> summary (None: run elsewhere)."""
@@ -110,13 +132,14 @@ def _execute_pending(cfg: SweepConfig, the_plan: Plan, pending: list[RunSpec],
         for k, (rid, row) in enumerate(zip(ids, rows), 1):
             progress.end(rid, row, k)
         return dict(zip(ids, rows))
-    if cfg.workers > 1:
+    n_workers = resolve_workers(cfg, len(pending))
+    if n_workers > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         ctx = mp.get_context("spawn")
-        slots = gpu_slots(cfg.workers, torch.cuda.device_count() if cfg.device != "cpu" else 0, cfg.runs_per_gpu)
-        workers = len(slots) or cfg.workers
+        slots = gpu_slots(n_workers, torch.cuda.device_count() if cfg.device != "cpu" else 0, cfg.runs_per_gpu)
+        workers = len(slots) or n_workers
         queue = None
         if slots:
             queue = ctx.Queue()

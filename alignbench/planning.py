@@ -41,8 +41,9 @@ class SweepConfig:
     report_to: tuple[str, ...] = param((), "experiment trackers: tensorboard, wandb (off by default)")
     plugins: tuple[str, ...] = param((), "extra plugin files or folders holding methods or tasks")
     progress: bool = param(True, "show progress bars")
-    workers: int = param(1, "parallel worker processes: up to runs_per_gpu runs per GPU at a time, or CPU workers "
-                            "sharing the cores")
+    workers: int | None = param(None, "parallel worker processes: up to runs_per_gpu runs per GPU at a time, or CPU "
+                                      "workers sharing the cores; default: one per CPU core (one torch thread each), or "
+                                      "runs_per_gpu per GPU ($ALIGNBENCH_WORKERS sets the default)")
     runs_per_gpu: int = param(1, "local workers placed on each GPU (N GPUs run up to N * runs_per_gpu workers, "
                                  "pinned round-robin); Ray: each run asks for 1/runs_per_gpu of a GPU. 1 until "
                                  "measured: a GPU timing of 1, 4 and 16 is owed (benchmarks/gpu_check.sh, "
@@ -71,7 +72,8 @@ class SweepConfig:
             raise ConfigError("out", f"{out} exists and is not a folder")
         if out.is_dir() and not os.access(out, os.R_OK | os.W_OK | os.X_OK):
             raise ConfigError("out", f"{out} is not readable and writable")
-        check_int("workers", self.workers, 1)
+        if self.workers is not None:
+            check_int("workers", self.workers, 1)
         check_int("runs_per_gpu", self.runs_per_gpu, 1)
         check_choice("executor", self.executor, ("local", "ray"))
         for r in self.report_to:

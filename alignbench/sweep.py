@@ -16,7 +16,7 @@ from . import cache, folder, io
 from .config import to_dict
 from .distributed import is_main_process
 from .errors import ConfigError
-from .executors import _env, _execute_pending, _run_locked
+from .executors import _env, _execute_pending, _run_locked, resolve_workers
 from .folder import environment_facts
 from .planning import Plan, SweepConfig, plan
 from .report.schema import summary_frame
@@ -59,7 +59,7 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
     progress = folder.Progress(len(pending), len(the_plan.specs) - len(pending))
     task_facts: dict[str, Any] = {}
     task_notes: dict[str, list[str]] = {}
-    in_process = cfg.executor == "local" and cfg.workers == 1
+    in_process = cfg.executor == "local" and resolve_workers(cfg, max(len(pending), 1)) == 1
     for tname, task in the_plan.tasks.items():
         if is_main_process() and (any(s.task == tname for s in pending) or not (out / "sweep.json").exists()):
             # task-level files: the exact frontier, arrays shared by all runs, estimation facts

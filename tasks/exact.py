@@ -60,6 +60,7 @@ import torch
 from torch import Tensor, nn
 
 from alignbench import exact as X
+from alignbench import io
 from alignbench.api import EnumerableEnv, EvalResult, GenerationSpec, Task, TaskEnv
 from alignbench.config import (check_choice, check_int, check_nonnegative, check_positive, check_range,
                                param, stable_hash)
@@ -581,7 +582,7 @@ class ExactEnv(TaskEnv):
             "prompts": list(self.prompt_strings),
             "reward": (p * r).sum(-1).tolist(),
             "kl": per_prompt_kl.tolist(),
-            "logp": lp.float(),  # the reward table is saved once per sweep (artifacts())
+            "logp": io.compact_logp(lp),  # float16, floor -16; the reward table is saved once per sweep (artifacts())
             "winrate_vs_chosen": torch.where(self._has_eval_pairs, (p * self.win_vs_chosen).sum(-1),
                                              torch.full_like(per_prompt_kl, float("nan"))).tolist(),
         }
@@ -704,7 +705,14 @@ class ExactTask(Task):
     description = "enumerable toy task (K prompts x V**L responses): every metric exact, with the optimal reward-KL frontier"
     config_cls = ExactConfig
     capabilities = (EnumerableEnv,)
-    train_defaults = {"steps": 300, "batch_size": 64, "lr": 1e-3, "warmup_steps": 10, "eval_every": 50}
+    # budgets of the default sweep (3 seeds of every method within 15 minutes on 2 cores, docs/performance.md):
+    # 150 offline steps of 64 pairs see the 2,048 training pairs ~4.7 times; evaluations every 25 steps resolve
+    # the gold-reward peak for the checkpoint frontiers. Online methods: 100 iterations of 128 rollouts (one
+    # gradient step each), PPO 50 iterations (8 minibatch steps each); their gold reward has flattened by then at
+    # beta >= 0.1 in the single-seed 300-iteration runs of the previous round.
+    train_defaults = {"steps": 150, "batch_size": 64, "lr": 1e-3, "warmup_steps": 10, "eval_every": 25}
+    method_defaults = {"ppo": {"iterations": 50}, "ppo-gt": {"iterations": 50}, "rloo": {"iterations": 100},
+                       "rloo-gt": {"iterations": 100}, "grpo": {"iterations": 100}, "online-dpo": {"iterations": 100}}
 
     def setup(self, cache_dir: Path, device: torch.device) -> ExactEnv:
         cfg: ExactConfig = self.config

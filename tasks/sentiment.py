@@ -377,13 +377,17 @@ class SentimentTask(Task):
                    "VADER gold reward, CPU, no downloads")
     config_cls = SentimentConfig
     capabilities = (SampleEvaluable,)
-    # sized so that the default sweep (~25 runs) fits in ~15 minutes on 2 CPU cores
-    # PPO's rollouts of up to 16 tokens cost ~4x the exact task's; 40 iterations keep the default sweep
-    # within its 15-minute budget on 2 cores (its gold reward has flattened by then at the default betas)
-    # online-loop methods: about the cost of a PPO run (one gradient step per iteration instead of PPO's 8)
-    method_defaults = {"ppo": {"iterations": 40}, "ppo-gt": {"iterations": 40}, "rloo": {"iterations": 150},
-                       "rloo-gt": {"iterations": 150}, "grpo": {"iterations": 150}, "online-dpo": {"iterations": 150}}
-    train_defaults = {"steps": 150, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "eval_every": 50,
+    # budgets of the default sweep (3 seeds within 15 minutes on 2 cores, docs/performance.md): 100 offline steps
+    # of 32 pairs, evaluated every 25; online methods 50 iterations of 128 rollouts of up to 16 tokens, PPO 20
+    # iterations (8 minibatch steps each); rewards had flattened by iteration 50 at the default betas in the
+    # previous round's 150-iteration runs. The sampled evaluation makes each run ~2x an exact-task run, so the
+    # default set is one method per family and variant that the exact task does not already separate (the exact
+    # task runs all of them): offline with a reference (DPO, IPO, KTO), reference-free (SimPO, ORPO), online
+    # against the learned reward model (PPO, RLOO, GRPO, online DPO), and best-of-N.
+    default_methods = ("dpo", "ipo", "kto", "simpo", "orpo", "ppo", "rloo", "grpo", "online-dpo", "bon")
+    method_defaults = {"ppo": {"iterations": 20}, "ppo-gt": {"iterations": 20}, "rloo": {"iterations": 50},
+                       "rloo-gt": {"iterations": 50}, "grpo": {"iterations": 50}, "online-dpo": {"iterations": 50}}
+    train_defaults = {"steps": 100, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "eval_every": 25,
                       "max_grad_norm": 10.0}
 
     def setup(self, cache_dir: Path, device: torch.device) -> SentimentEnv:

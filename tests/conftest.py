@@ -11,6 +11,7 @@ import pytest
 import torch
 
 os.environ.setdefault("ALIGNBENCH_QUIET", "1")
+os.environ.setdefault("ALIGNBENCH_WORKERS", "1")  # sweeps in tests run in-process unless a test asks for workers
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -35,6 +35,29 @@ def test_ray_executor_on_a_local_instance(tmp_path, cache_dir, serial):
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(p.name for p in (serial / "runs").iterdir())
 
 
+def test_default_workers_one_per_core_capped_by_the_runs(monkeypatch):
+    import os
+
+    from alignbench import executors
+    from alignbench.errors import ConfigError
+    from alignbench.planning import SweepConfig
+
+    monkeypatch.delenv("ALIGNBENCH_WORKERS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert executors.default_workers("cpu", 4) == cores  # runs_per_gpu does nothing without a GPU
+    cfg = SweepConfig(device="cpu")
+    assert cfg.workers is None
+    assert executors.resolve_workers(cfg, 1000) == cores
+    assert executors.resolve_workers(cfg, 1) == 1  # never more workers than pending runs
+    assert executors.resolve_workers(SweepConfig(device="cpu", workers=3), 2) == 2
+    monkeypatch.setenv("ALIGNBENCH_WORKERS", "5")
+    assert executors.resolve_workers(cfg, 1000) == 5
+    assert executors.resolve_workers(SweepConfig(device="cpu", workers=3), 1000) == 3  # an explicit count wins
+    monkeypatch.setenv("ALIGNBENCH_WORKERS", "two")
+    with pytest.raises(ConfigError, match="workers"):
+        executors.resolve_workers(cfg, 10)
+
+
 def test_bad_executor_and_workers(tmp_path, cache_dir, capsys):
     assert main(sweep_args(tmp_path / "x", cache_dir, extra=["--executor", "slurm"])) == 2
     assert "executor: must be one of ['local', 'ray']" in capsys.readouterr().err

@@ -165,8 +165,9 @@ def section_examples(out: Path, summary: pd.DataFrame, runs: dict[str, Any] | No
     data = W.ResultsData(out, summary)
     ex = examples_frame(out, summary, data)
     parts = []
-    if not ex.empty:
-        io.write_text(out / EXAMPLES_CSV, ex.to_csv(index=False))
+    if not ex.empty:  # the file keeps the lowest seed of each task (what the tables show): its size stays one seed's
+        lowest = ex.groupby("task")["seed"].transform("min")
+        io.write_text(out / EXAMPLES_CSV, ex[ex["seed"] == lowest].to_csv(index=False))
         for task in _text_tasks(out, summary, data):
             parts.append(_text_examples(task, summary, ex[ex["task"] == task]))
     for task in sorted(summary.loc[summary["status"] == "ok", "task"].astype(str).unique()):
@@ -176,7 +177,7 @@ def section_examples(out: Path, summary: pd.DataFrame, runs: dict[str, Any] | No
         return ""
     head = ["## What the policies write", ""]
     if not ex.empty:
-        head += [f"All saved completions with their gold rewards, per run: `{EXAMPLES_CSV}`.", ""]
+        head += [f"All saved completions of the lowest seed with their gold rewards, per run: `{EXAMPLES_CSV}`.", ""]
     return "\n".join(head) + "\n" + "\n".join(parts)
 
 
