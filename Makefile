@@ -8,7 +8,7 @@ CONFIG ?= configs/default.yaml
 WORKERS ?=
 WORKERS_ARG := $(if $(WORKERS),--workers $(WORKERS))
 
-.PHONY: install sweep sweep-exact test bench bench-gpu gpu-wheels report reproduce clean
+.PHONY: install sweep sweep-exact test bench bench-sweep bench-gpu gpu-wheels report reproduce clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ test: install         ## the test suite (under 10 minutes on 2 cores)
 
 bench: install        ## performance benchmark (prints a table; not part of make test)
 	$(BIN)/python benchmarks/bench.py
+
+bench-sweep: install  ## time the default sweep as make sweep runs it (cold cache, temporary folder; ~15 min on 2 cores)
+	$(BIN)/python benchmarks/bench.py --only sweep-default --config $(CONFIG)
 
 GPU_OUT ?= results/gpu
 bench-gpu:            ## on a CUDA machine: the GPU check (tests, sweeps, 124M DPO, PPO; < 8 min) into $(GPU_OUT)

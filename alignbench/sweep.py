@@ -114,6 +114,8 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
                         **{s.method: type(the_plan.methods[s.run_id]).report_info() for s in the_plan.specs}},
             "environment": environment_facts(device),
             "wall_s": round(time.perf_counter() - t0, 1),
+            "ran": len(pending), "skipped": len(the_plan.specs) - len(pending),
+            "workers": resolve_workers(cfg, max(len(pending), 1)),
         })
         write_report(out)
     return summary

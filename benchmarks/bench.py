@@ -39,7 +39,7 @@ runs (the three loops are interleaved in each repeat so that machine load affect
 runs with the same number of torch threads: alignbench's own choice (``runner.configure_threads``: 1 on CPU)
 unless ``--threads`` says otherwise.
 
-Usage: ``python benchmarks/bench.py [--quick] [--only overhead,trl,kernels,sweep,ppo] [--threads N] [--json out.json]``.
+Usage: ``python benchmarks/bench.py [--quick] [--only overhead,trl,kernels,sweep,ppo,sweep-default] [--threads N] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -785,6 +785,39 @@ def bench_sweep(method: str, values: tuple, sizes: Sizes, tmp: Path, log: Callab
             "loadavg": [load0, load_average()]}
 
 
+def bench_sweep_default(config: str, tmp: Path, quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The committed default sweep as ``make sweep`` runs it: ``alignbench sweep --config CONFIG`` in a fresh
+    process, cold cache, into a temporary folder, with the default worker count (one per core). ``quick``: the
+    same command path on a two-step exact-task DPO run (checks the part, numbers meaningless)."""
+    import subprocess
+
+    out, cache = tmp / "sweep-default-out", tmp / "sweep-default-cache"
+    cmd = [sys.executable, "-m", "alignbench", "sweep", "--config", config, "--out", str(out), "--cache-dir", str(cache),
+           "--no-progress"]
+    if quick:
+        cmd += ["--task", "exact", "--methods", "dpo", "--betas", "0.1", "--seeds", "0", "--steps", "2",
+                *[f"--task-arg=exact.{k}={v}" for k, v in TINY_TASK.items()]]
+    env = {k: v for k, v in os.environ.items() if k != "ALIGNBENCH_WORKERS"}
+    load0 = load_average()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark sweep failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    import pandas as pd
+
+    meta = json.loads((out / "sweep.json").read_text())
+    summary = pd.read_csv(out / "summary.csv")
+    res = {"config": config, "quick": quick, "wall_s": wall, "runs": int(len(summary)),
+           "ok": int((summary["status"] == "ok").sum()), "workers": meta.get("workers"),
+           "sum_run_s": float(summary["wall_s"].sum()), "tasks": sorted(summary["task"].unique().tolist()),
+           "methods": int(summary["method"].nunique()), "seeds": sorted(int(x) for x in summary["seed"].unique()),
+           "loadavg": [load0, load_average()]}
+    log(f"  {config}: {res['ok']}/{res['runs']} runs ok in {wall:.0f} s with {res['workers']} workers "
+        f"(sum of run times {res['sum_run_s']:.0f} s)")
+    return res
+
+
 def fmt_parts(parts: dict[str, float]) -> str:
     return "(" + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + ")" if parts else ""
 
@@ -946,6 +979,12 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
             rows.append(f"| ... the same {n} runs one by one, each from scratch | {w['separate_s']:.1f} s | | |")
             rows.append(f"| saving: one by one / one sweep (cold; warm) | {w['saving_cold']:.2f}x; {w['saving_warm']:.2f}x "
                         f"| > 1x (no number set) | {verdict(w['saving_cold'] > 1)} |")
+    sd = results.get("sweep_default")
+    if sd:
+        rows.append(f"| `{sd['config']}`{' (--quick: one tiny run)' if sd['quick'] else ''}: {sd['runs']} runs "
+                    f"({', '.join(sd['tasks'])}; {sd['methods']} methods; seeds {sd['seeds']}), cold cache, "
+                    f"{sd['workers']} workers | {sd['wall_s'] / 60:.1f} min ({sd['ok']}/{sd['runs']} ok; sum of run "
+                    f"times {sd['sum_run_s']:.0f} s) | <= 15 min | {verdict(sd['wall_s'] <= 900)} |")
     for pp in results.get("online") or ([results["ppo"]] if results.get("ppo") else []):
         rows.append(f"| {pp['method']} rollout generation (KV cache), exact task | {pp['tokens_per_s']:.0f} tokens/s "
                     f"({pp['tokens_per_iteration']:.0f} tokens/iteration) | (no number set) | |")
@@ -958,7 +997,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (checks that the script works; numbers meaningless)")
     ap.add_argument("--only", default="overhead,trl,kernels,sweep,ppo",
-                    help="comma-separated subset of overhead,trl,kernels,sweep,ppo")
+                    help="comma-separated subset of overhead,trl,kernels,sweep,ppo,sweep-default (sweep-default, not "
+                         "in the default set: the whole default sweep, cold cache, ~15 min on 2 cores)")
+    ap.add_argument("--config", default="configs/default.yaml", help="the sweep the sweep-default part runs")
     ap.add_argument("--repeats", type=int, default=None, help="repeats of the step loops (default 9)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per loop (default 64)")
     ap.add_argument("--sweep-steps", type=int, default=None, help="steps per sweep run (default: the exact task's 300)")
@@ -976,7 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
     if over:
         sizes = replace(sizes, **over)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    unknown = parts - {"overhead", "trl", "kernels", "sweep", "ppo"}
+    unknown = parts - {"overhead", "trl", "kernels", "sweep", "ppo", "sweep-default"}
     if unknown:
         ap.error(f"--only: unknown part(s) {sorted(unknown)}")
     from alignbench.models import quiet_transformers
@@ -1008,6 +1049,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[3] sweep sharing on the exact task ({sizes.sweep_steps or 'default'} steps per run)")
             results["sweep_dpo"] = bench_sweep("dpo", sizes.sweep_betas, sizes, tmp)
             results["sweep_bon"] = bench_sweep("bon", sizes.bon_grid, sizes, tmp)
+        if "sweep-default" in parts:
+            print(f"[6] the default sweep, cold cache ({args.config})")
+            results["sweep_default"] = bench_sweep_default(args.config, tmp, quick=args.quick)
         if "ppo" in parts:
             results["threads_ppo"] = apply_threads(sizes)
             print(f"[5] PPO rollouts on the exact task ({sizes.ppo_iterations} iterations, "

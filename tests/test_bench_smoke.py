@@ -81,3 +81,13 @@ def test_bench_kernels_tiny(bench, tmp_path):
     # stock and fused kernels compute the same losses up to float rounding
     assert res["max_abs_loss_diff"] < 1e-5
     assert "stock kernels" in bench.table({"kernels": {"synthetic": res}}, sizes)
+
+
+def test_bench_sweep_default_quick(bench, tmp_path):
+    """The sweep-default part runs `alignbench sweep --config` in a fresh process (here one tiny run) and reads back
+    what the sweep recorded: runs, workers, sum of run times."""
+    res = bench.bench_sweep_default("configs/default.yaml", tmp_path, quick=True, log=lambda _: None)
+    assert res["runs"] == res["ok"] == 1 and res["tasks"] == ["exact"] and res["seeds"] == [0]
+    assert res["workers"] == 1  # never more workers than pending runs
+    assert math.isfinite(res["wall_s"]) and res["wall_s"] > 0 and res["sum_run_s"] > 0
+    assert "configs/default.yaml" in bench.table({"sweep_default": res}, bench.QUICK)

@@ -51,6 +51,8 @@ def section_setup(ctx: ReportContext) -> str:
         vers = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
         lines.append(f"- Device: {env.get('device')} ({env.get('cpu_count')} CPUs, {env.get('platform')}); Python {env.get('python')}; {vers}")
     if "wall_s" in meta:
-        lines.append(f"- Wall time of the last sweep invocation: {meta['wall_s']:.0f} s; "
+        ran = (f" (it ran {meta['ran']} runs with {meta.get('workers', 1)} worker(s); {meta['skipped']} were already "
+               f"complete)") if "ran" in meta else ""
+        lines.append(f"- Wall time of the last sweep invocation: {meta['wall_s']:.0f} s{ran}; "
                      f"sum of run times: {summary['wall_s'].sum():.0f} s" if "wall_s" in summary else "")
     return "\n".join(line for line in lines if line) + "\n"
