@@ -36,6 +36,7 @@ the env, so evaluating many checkpoints does not resample the reference. Evaluat
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import threading
@@ -61,6 +62,15 @@ def derive_seed(seed: int, *parts: Any) -> int:
     """A 31-bit seed derived from ``seed`` and labels (independent streams for policy / reference)."""
     blob = repr((int(seed), *parts)).encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two modules of the same class hold equal parameters and buffers (same names, shapes, values)."""
+    if type(a) is not type(b):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k].to(sb[k].device), sb[k])
+                                          for k in sa)
 
 
 def mean_se(per_unit: np.ndarray) -> tuple[float, float]:
@@ -161,6 +171,7 @@ class SampledTaskEnv(TaskEnv):
         self.eval_batch_size = int(eval_batch_size)
         self.n_example_completions = int(n_example_completions)
         self._ref_cache: dict[tuple, PolicySamples] = {}
+        self._reference_evals: dict[tuple, EvalResult] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ sampling
@@ -226,7 +237,21 @@ class SampledTaskEnv(TaskEnv):
 
     # ------------------------------------------------------------------ metrics
 
-    def evaluate(self, policy: nn.Module, *, beta: float | None = None, seed: int = 0) -> EvalResult:
+    def evaluate(self, policy: nn.Module, **kwargs: Any) -> EvalResult:
+        """:meth:`evaluate_policy`, memoised for an unchanged copy of the reference (every run's step 0): the same
+        weights, seed and arguments draw the same samples, so each (seed, arguments) is evaluated once per env."""
+        if not same_weights(policy, self.reference):
+            return self.evaluate_policy(policy, **kwargs)
+        key = (self.temperature, tuple(sorted(kwargs.items())))
+        with self._lock:
+            hit = self._reference_evals.get(key)
+        if hit is None:
+            hit = self.evaluate_policy(policy, **kwargs)
+            with self._lock:
+                self._reference_evals[key] = hit
+        return copy.deepcopy(hit)
+
+    def evaluate_policy(self, policy: nn.Module, *, beta: float | None = None, seed: int = 0) -> EvalResult:
         prompts = list(self.prompts["eval"])
         pol = self.draw(policy, prompts, self.n_eval_samples, seed=derive_seed(seed, "policy"), score_logps=True)
         ref = self.reference_samples(seed)

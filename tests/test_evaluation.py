@@ -191,6 +191,25 @@ def test_reference_samples_are_cached_and_rng_is_untouched():
     assert env.reference_samples(seed=1) is not a
 
 
+def test_an_unchanged_reference_copy_is_evaluated_once_per_seed(monkeypatch):
+    """Every run's step 0 evaluates a copy of the reference: memoised per (seed, beta), equal to a fresh evaluation,
+    and never used for a policy whose weights differ."""
+    env = make_env(["x", "y x", "b"], n_eval_samples=4)
+    fresh = make_env(["x", "y x", "b"], n_eval_samples=4).evaluate_policy(copy.deepcopy(env.reference), seed=2, beta=0.1)
+    calls = []
+    real = env.evaluate_policy
+    monkeypatch.setattr(env, "evaluate_policy", lambda p, **kw: calls.append(kw) or real(p, **kw))
+    a = env.evaluate(copy.deepcopy(env.reference), seed=2, beta=0.1)
+    b = env.evaluate(copy.deepcopy(env.reference), seed=2, beta=0.1)
+    assert len(calls) == 1 and a.metrics == b.metrics == fresh.metrics and a.per_prompt == fresh.per_prompt
+    b.metrics["reward/gold"] = 99.0  # callers get copies
+    assert env.evaluate(copy.deepcopy(env.reference), seed=2, beta=0.1).metrics == fresh.metrics
+    env.evaluate(copy.deepcopy(env.reference), seed=3, beta=0.1)
+    env.evaluate(perturbed(env.reference), seed=2, beta=0.1)
+    env.evaluate(perturbed(env.reference), seed=2, beta=0.1)
+    assert len(calls) == 4  # a new seed, and a changed policy each time
+
+
 def test_ties_count_one_half():
     assert pairwise_win_rate(np.array([[1.0, 1.0]]), np.array([[1.0, 1.0, 1.0]]))[0] == 0.5
     assert pairwise_win_rate(np.array([[1.0]]), np.array([[0.0]]))[0] == 1.0
