@@ -708,10 +708,10 @@ class ExactTask(Task):
     # budgets of the default sweep (3 seeds of every method within 15 minutes on 2 cores, docs/performance.md):
     # 150 offline steps of 64 pairs see the 2,048 training pairs ~4.7 times; evaluations every 25 steps resolve
     # the gold-reward peak for the checkpoint frontiers. Online methods: 100 iterations of 128 rollouts (one
-    # gradient step each), PPO 50 iterations (8 minibatch steps each); their gold reward has flattened by then at
-    # beta >= 0.1 in the single-seed 300-iteration runs of the previous round.
+    # gradient step each), PPO 40 iterations (8 minibatch steps each); their gold reward had flattened by then at
+    # beta >= 0.1 in the previous round's single-seed runs (300 iterations; PPO 100).
     train_defaults = {"steps": 150, "batch_size": 64, "lr": 1e-3, "warmup_steps": 10, "eval_every": 25}
-    method_defaults = {"ppo": {"iterations": 50}, "ppo-gt": {"iterations": 50}, "rloo": {"iterations": 100},
+    method_defaults = {"ppo": {"iterations": 40}, "ppo-gt": {"iterations": 40}, "rloo": {"iterations": 100},
                        "rloo-gt": {"iterations": 100}, "grpo": {"iterations": 100}, "online-dpo": {"iterations": 100}}
 
     def setup(self, cache_dir: Path, device: torch.device) -> ExactEnv:
