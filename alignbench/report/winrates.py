@@ -33,6 +33,8 @@ sampled tasks use ``rewards`` (P x n gold rewards of the policy's samples), else
 
 from __future__ import annotations
 
+import hashlib
+
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -98,11 +100,26 @@ def exact_head_to_head(logp_a: Any, logp_b: Any, reward: Any) -> np.ndarray:
     if not (la.shape == lb.shape == r.shape):
         raise ValueError(f"exact_head_to_head: shapes differ: {la.shape}, {lb.shape}, {r.shape}")
     pa, pb = np.exp(la), np.exp(lb)
+    s = bt_matrix(r)
     out = np.empty(r.shape[0])
-    for k in range(r.shape[0]):  # (N, N) per prompt keeps memory at N^2
-        s = 0.5 * (1.0 + np.tanh(0.5 * (r[k][:, None] - r[k][None, :])))  # sigma, overflow-free
-        out[k] = pa[k] @ s @ pb[k]
+    for k in range(r.shape[0]):
+        out[k] = pa[k] @ s[k] @ pb[k]
     return out
+
+
+_BT_MATRICES: dict[bytes, np.ndarray] = {}
+
+
+def bt_matrix(reward: np.ndarray) -> np.ndarray:
+    """(K, N, N) sigma(r(y) - r(y')) per prompt, computed once per reward table (a report compares hundreds of
+    policies on one table; the two most recent tables are kept: 13 MB per 1,296-response prompt)."""
+    r = np.ascontiguousarray(reward, dtype=float)
+    key = hashlib.sha256(r.tobytes()).digest() + repr(r.shape).encode()
+    if key not in _BT_MATRICES:
+        while len(_BT_MATRICES) >= 2:
+            _BT_MATRICES.pop(next(iter(_BT_MATRICES)))
+        _BT_MATRICES[key] = 0.5 * (1.0 + np.tanh(0.5 * (r[:, :, None] - r[:, None, :])))  # sigma, overflow-free
+    return _BT_MATRICES[key]
 
 
 def exact_vs_distribution(logp: Any, weights: Any, reward: Any) -> np.ndarray:
