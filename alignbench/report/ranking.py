@@ -11,7 +11,8 @@ interval resamples seeds; pairs of methods get the difference of their mean scor
 probability of improvement P(A > B) over seed pairs (Agarwal et al. 2021). **Stability** is the per-seed
 standard deviation of final reward and KL at each sweep value.
 
-Rows of ``ranking.csv`` (column ``table``): ``score`` (one per task and method), ``pairwise`` (both orders of
+Rows of ``ranking.csv`` (column ``table``): ``score`` (one per task and method; ``compute_mean``: its mean
+policy tokens per run, forward + 2 x backward, :mod:`alignbench.compute`), ``pairwise`` (both orders of
 every pair), ``stability`` (one per task, method and sweep value).
 """
 
@@ -28,7 +29,7 @@ from .schema import cell
 
 COLUMNS = ["table", "task", "method", "method_b", "sweep_param", "sweep_value", "variant", "n_seeds", "n_seeds_b", "score",
            "ci_low", "ci_high", "prob_improvement", "kl_lo", "kl_hi", "reward_mean", "reward_sd", "kl_mean", "kl_sd",
-           "kl_is_bound"]
+           "kl_is_bound", "compute_mean"]
 
 
 def per_seed_points(ok: pd.DataFrame, task: str, reference: dict[tuple[str, Any], float] | None = None
@@ -76,7 +77,8 @@ def build_ranking(summary: pd.DataFrame, reference: dict[tuple[str, Any], float]
         for m, sc in sorted(scores.items()):
             point, clo, chi = S.seed_bootstrap(sc)
             rows.append({"table": "score", "task": task, "method": m, "n_seeds": len(sc), "score": point,
-                         "ci_low": clo, "ci_high": chi, "kl_lo": lo, "kl_hi": hi, "kl_is_bound": bound.get(m, False)})
+                         "ci_low": clo, "ci_high": chi, "kl_lo": lo, "kl_hi": hi, "kl_is_bound": bound.get(m, False),
+                         "compute_mean": mean_budget(t[t["method"] == m])})
         names = sorted(scores)
         for a in names:
             for b in names:
@@ -94,6 +96,14 @@ def build_ranking(summary: pd.DataFrame, reference: dict[tuple[str, Any], float]
                          "reward_sd": float(rw.std(ddof=1)) if len(g) > 1 else float("nan"),
                          "kl_mean": float(kl.mean()), "kl_sd": float(kl.std(ddof=1)) if len(g) > 1 else float("nan")})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def mean_budget(runs: pd.DataFrame) -> float:
+    """Mean policy budget per run (``compute/policy_tokens``: forward + 2 x backward tokens), NaN if not recorded."""
+    if N.COMPUTE_BUDGET not in runs:
+        return float("nan")
+    v = pd.to_numeric(runs[N.COMPUTE_BUDGET], errors="coerce").dropna()
+    return float(v.mean()) if len(v) else float("nan")
 
 
 def verdict(row: pd.Series) -> str:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .. import diagnostics as D
-from ..convergence import describe
+from ..convergence import MIN_EVALS, describe
 from ..core import ReportContext, register_section
 from ..diagnosis import Diagnosis
 from ..examples import findings_degeneration
@@ -182,6 +182,9 @@ def findings_diagnostics(diag: Diagnosis) -> list[str]:
         else:
             out.append(f"- All {n_all} runs with enough evaluations had stopped moving at the end (not still moving: "
                        f"{describe()}).")
+        n_none = int(pr["converged"].isna().sum())
+        if n_none:
+            out.append(f"- No convergence verdict for {n_none} runs: fewer than {MIN_EVALS} evaluations after step 0.")
     if "kl_bounded" in pr and pr["kl_bounded"].notna().any():
         out.append("- KL over the last third of training:")
         out.append("  " + kl_bounded_statement(pr).replace("\n", "\n  "))
