@@ -240,6 +240,8 @@ def summarize(spec: RunSpec, ctx: RunContext | None, status: str, reason: str, w
     }
     if spec.variant:
         row["variant"] = spec.variant
+    if getattr(spec.task_config, "data_seed", None) is not None:
+        row["data_seed"] = int(spec.task_config.data_seed)
     if status != "ok":  # a failed run has no results: its metric columns stay empty (no step-0 values)
         return row
     for col, key in SUMMARY_KEYS.items():

@@ -64,7 +64,7 @@ SUMMARY_KEYS = {  # summary.csv column <- final metric name
     "kl_is_bound": N.KL_IS_BOUND,
     "win_rate_vs_chosen": N.WIN_VS_CHOSEN,
 }
-BASE_COLUMNS = ["run_id", "task", "method", "sweep_param", "beta", "sweep_value", "variant", "seed", "status",
+BASE_COLUMNS = ["run_id", "task", "method", "sweep_param", "beta", "sweep_value", "variant", "seed", "data_seed", "status",
                 "reason", "steps", "wall_s"]
 # columns filled from each run's final evaluation row when an older summary.csv lacks them
 FROM_METRICS = {"win_rate_vs_chosen": N.WIN_VS_CHOSEN, "win_rate_vs_chosen_se": N.WIN_VS_CHOSEN_SE}
