@@ -32,19 +32,25 @@ COLUMNS = ["table", "task", "method", "method_b", "sweep_param", "sweep_value", 
            "kl_is_bound", "compute_mean"]
 
 
-def per_seed_points(ok: pd.DataFrame, task: str, reference: dict[tuple[str, Any], float] | None = None
-                    ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """method -> one (KL, reward) point set per seed (every completed run of that seed is a point, plus the
+def per_unit_points(ok: pd.DataFrame, task: str, reference: dict[tuple[str, Any], float] | None = None
+                    ) -> dict[str, dict[Any, tuple[np.ndarray, np.ndarray]]]:
+    """method -> seed -> its (KL, reward) point set (every completed run of that seed is a point, plus the
     reference's (0, reward) where ``reference`` has it for (task, seed))."""
     t = ok[(ok["task"] == task)].dropna(subset=["kl", "reward"])
-    out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    out: dict[str, dict[Any, tuple[np.ndarray, np.ndarray]]] = {}
     for (method, seed), g in t.groupby(["method", "seed"], sort=True):
         kl, rw = g["kl"].to_numpy(float), g["reward"].to_numpy(float)
         r0 = (reference or {}).get((task, seed))
         if r0 is not None and np.isfinite(r0):
             kl, rw = np.concatenate([[0.0], kl]), np.concatenate([[r0], rw])
-        out.setdefault(str(method), []).append((kl, rw))
+        out.setdefault(str(method), {})[seed] = (kl, rw)
     return out
+
+
+def per_seed_points(ok: pd.DataFrame, task: str, reference: dict[tuple[str, Any], float] | None = None
+                    ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """method -> one (KL, reward) point set per seed (:func:`per_unit_points` without the seed keys)."""
+    return {m: list(d.values()) for m, d in per_unit_points(ok, task, reference).items()}
 
 
 def reference_rewards(runs: dict[str, Any]) -> dict[tuple[str, Any], float]:

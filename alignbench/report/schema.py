@@ -107,6 +107,9 @@ def load_results(out: Path) -> "tuple[Any, dict[str, Any]]":
         summary["sweep_value"] = summary["beta"]
     summary["reason"] = summary["reason"].fillna("")
     summary["variant"] = summary["variant"].fillna("").astype(str) if "variant" in summary else ""
+    if "data_seed" in summary and summary["data_seed"].notna().any():  # the unit of every seed statistic is the pair
+        summary["train_seed"] = summary["seed"]
+        summary["seed"] = [f"{s}/d{int(d)}" if d == d else str(s) for s, d in zip(summary["seed"], summary["data_seed"])]
     try:
         meta = io.read_json(out / SWEEP_JSON) if (out / SWEEP_JSON).exists() else {}
     except ValueError:
