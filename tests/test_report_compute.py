@@ -74,5 +74,8 @@ def test_compute_matched_scores_and_section(tmp_path, seeds):
 
 
 def test_results_without_compute_say_so(tmp_path):
-    text = write_report(folder(tmp_path / "old", (0, 1), compute=False)).read_text()
+    from alignbench.report.core import ReportContext
+    from alignbench.report.sections.compute import section_compute
+
+    text = section_compute(ReportContext.load(folder(tmp_path / "old", (0, 1), compute=False)))
     assert "recorded no compute" in text

@@ -70,5 +70,8 @@ def test_report_with_several_data_seeds_separates_the_sources(tmp_path):
 
 
 def test_report_with_one_data_seed_says_so(tmp_path):
-    text = write_report(folder(tmp_path / "one", data_seeds=(3,))).read_text()
+    from alignbench.report.core import ReportContext
+    from alignbench.report.sections.data_seeds import section_data_seeds
+
+    text = section_data_seeds(ReportContext.load(folder(tmp_path / "one", data_seeds=(3,))))
     assert "One data seed (1): no spread from data can be measured." in text
