@@ -339,7 +339,9 @@ class RunContext(Protocol):
     """What the harness hands a method's :meth:`Method.run` (implemented by ``alignbench.runner``).
 
     Attributes: the task's built env, the method, the device, the cache folder, the run's seed and
-    :class:`~alignbench.config.TrainConfig`, and ``extra_summary`` (columns added to the run's summary row).
+    :class:`~alignbench.config.TrainConfig`, ``extra_summary`` (columns added to the run's summary row) and
+    ``compute`` (``alignbench.compute.Compute``: a loop calls ``compute.watch(policy)`` once on each network it
+    trains or samples, ``compute.add(...)`` for rollouts and reward queries; :meth:`evaluate` counts apart).
     """
 
     env: TaskEnv
@@ -347,6 +349,7 @@ class RunContext(Protocol):
     device: torch.device
     cache_dir: Path
     extra_summary: dict[str, Any]
+    compute: Any
 
     @property
     def train(self) -> TrainConfig: ...

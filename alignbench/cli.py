@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="grid of one method's sweep axis (bon=1,4,16), or of any field of its config or of the "
                          "training config, crossed with the axis (dpo.lr=1e-4,1e-3); repeatable")
     sw.add_argument("--seeds", help="comma-separated seeds (default: 0)")
+    sw.add_argument("--data-seeds", help="comma-separated data seeds crossed with --seeds: each reseeds the task's "
+                                         "preference data (and the reward model trained on it), not its reference, "
+                                         "gold reward or prompts (default: the task's own data; docs/budgets.md)")
     sw.add_argument("--steps", help="training budget of every run: optimizer steps, or iterations for methods "
                                     "counted in iterations (ppo, ppo-gt; an explicit --method-arg ppo.iterations "
                                     "wins); best-of-N has none (default: the task's)")
@@ -167,7 +170,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {
         "tasks": _csv(args.tasks, "--task"), "methods": _csv(args.methods, "--methods"),
-        "betas": _numbers(args.betas, "--betas"), "seeds": _numbers(args.seeds, "--seeds"), "steps": args.steps, "out": args.out, "device": args.device,
+        "betas": _numbers(args.betas, "--betas"), "seeds": _numbers(args.seeds, "--seeds"), "data_seeds": _numbers(args.data_seeds, "--data-seeds"), "steps": args.steps, "out": args.out, "device": args.device,
         "cache_dir": args.cache_dir or os.environ.get("ALIGNBENCH_CACHE"),
         "report_to": _csv(args.report_to), "plugins": _csv(args.plugins),
         "workers": args.workers, "runs_per_gpu": args.runs_per_gpu, "executor": args.executor, "ray_address": args.ray_address,

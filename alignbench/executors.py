@@ -68,7 +68,7 @@ def run_one(cfg_data: dict[str, Any], run_id: str, threads: int | None = None) -
     the_plan = plan(cfg)
     spec = next(s for s in the_plan.specs if s.run_id == run_id)
     device = select_device(cfg.device)
-    task = the_plan.tasks[spec.task]
+    task = the_plan.task_of(spec)
     return _run_locked(cfg, spec, the_plan.methods[run_id], lambda: _env(task, cfg.cache_dir, device), device)
 
 
@@ -157,7 +157,7 @@ def _execute_pending(cfg: SweepConfig, the_plan: Plan, pending: list[RunSpec],
     device = select_device(cfg.device)
     out = {}
     for spec in pending:
-        task = the_plan.tasks[spec.task]
+        task = the_plan.task_of(spec)
         progress.start(spec.run_id)
         out[spec.run_id] = _run_locked(cfg, spec, the_plan.methods[spec.run_id],
                                        lambda task=task: _env(task, cfg.cache_dir, device), device)

@@ -179,6 +179,7 @@ def make_scorer(method: "OnlineMethod", ctx: "RunContext") -> tuple[Scorer, Any]
         ctx.extra_summary.update(rm.summary())
 
         def score_rm(r: Rollout) -> Tensor:
+            ctx.compute.add(N.COMPUTE_RM_QUERIES, r.input_ids.shape[0])
             return rm.score(r.input_ids, r.attention_mask)
 
         return score_rm, rm
@@ -187,6 +188,7 @@ def make_scorer(method: "OnlineMethod", ctx: "RunContext") -> tuple[Scorer, Any]
             raise AlignbenchError(f"gold_reward: task '{env.task_name}' has no gold reward, which {method.name} needs")
 
         def score_gold(r: Rollout) -> Tensor:
+            ctx.compute.add(N.COMPUTE_GOLD_QUERIES, len(r.texts))
             return env.gold_reward(r.prompts, r.texts)
 
         return score_gold, None
@@ -354,6 +356,8 @@ def train_online(method: OnlineMethod, ctx: "RunContext") -> None:
     policy.eval()  # dropout off (TRL's PPO does the same); gradients still flow
     for p in policy.parameters():
         p.requires_grad_(True)
+    ctx.compute.watch(policy)  # rollouts, log-probs and updates: every forward through the policy is counted
+    ctx.compute.watch(reference, "reference")
     opt = make_optimizer(policy.parameters(), method.policy_lr(ctx), tc.weight_decay)
     sched = warmup_schedule(opt, tc.warmup_steps)  # linear warmup, then constant
     iterations = cfg.iterations if cfg.iterations is not None else tc.steps
@@ -380,6 +384,7 @@ def train_online(method: OnlineMethod, ctx: "RunContext") -> None:
         t0 = time.perf_counter()
         prompts = [p for p in stream.take(n_prompts) for _ in range(k)]
         s = sample(policy, env.tokenizer, prompts, env.generation, temperature=temperature)
+        ctx.compute.add(N.COMPUTE_SAMPLES, len(prompts))
         ids, am, cm = s.right_padded(env.generation.pad_token_id)
         batch = RolloutBatch(ids.to(device), am.to(device), cm[:, 1:].to(device).float(), prompts, s.texts,
                              cm.to(device), k)

@@ -6,6 +6,8 @@ everything is validated before anything is written, so bad input leaves the resu
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,9 @@ class SweepConfig:
                                      "METHOD.FIELD -> values of any field of its config or of the training config, "
                                      "crossed with the axis, e.g. {dpo.lr: [1e-4, 1e-3]}")
     seeds: tuple[int, ...] = param((0,), "random seeds; each cell of the grid runs once per seed")
+    data_seeds: tuple[int, ...] = param((), "data seeds crossed with seeds: each sets the task's data_seed (its "
+                                            "preference sample and so the reward model trained on it; the reference, "
+                                            "gold reward and prompts stay); empty = the task's own data (docs/budgets.md)")
     steps: int | None = param(None, "optimizer steps per run; default: the task's")
     out: str = param("results/default", "results folder")
     device: str = param("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
@@ -63,6 +68,9 @@ class SweepConfig:
             _no_repeats(name, getattr(self, name))
         for i, s in enumerate(self.seeds):
             check_int(f"seeds[{i}]", s, 0)
+        _no_repeats("data_seeds", self.data_seeds)
+        for i, s in enumerate(self.data_seeds):
+            check_int(f"data_seeds[{i}]", s, 0)
         if self.steps is not None:
             check_int("steps", self.steps, 1)
         if not self.out:
@@ -109,6 +117,11 @@ class Plan:
     tasks: dict[str, Task]
     specs: list[RunSpec]
     methods: dict[str, Method]  # run_id -> method instance
+
+    def task_of(self, spec: RunSpec) -> Task:
+        """The task a run is set up from: the sweep's task, or (another data seed) the same task with its config."""
+        task = self.tasks[spec.task]
+        return task if spec.task_config == task.config else type(task)(spec.task_config)
 
 
 def _method_names(cfg: SweepConfig, task_cls: type[Task]) -> list[str]:
@@ -163,6 +176,8 @@ def plan(cfg: SweepConfig) -> Plan:
     for tname in cfg.tasks:
         task_cls = get_task(tname)
         task = task_cls(from_mapping(task_cls.config_cls, cfg.task_args.get(tname, {}), where=f"task_args.{tname}"))
+        data_configs = data_seed_configs(cfg, tname, task)
+        task = task_cls(data_configs[0][1])  # the first data seed's: the task-level files describe it
         tasks[tname] = task
         train_over = dict(cfg.train_args)
         if cfg.steps is not None:
@@ -202,16 +217,32 @@ def plan(cfg: SweepConfig) -> Plan:
                     vals = [(f, getattr(mcfg if f in mfields else run_train, f)) for f, _ in combo]  # as coerced
                     variant = ", ".join(f"{f}={x:g}" if isinstance(x, (int, float)) and not isinstance(x, bool)
                                         else f"{f}={x}" for f, x in vals)
-                    for seed in cfg.seeds:
+                    for (ds, tcfg), seed in ((d, s) for d in data_configs for s in cfg.seeds):
                         spec = RunSpec(task=tname, method=mname, seed=seed, method_config=mcfg,
-                                       task_config=task.config, train=run_train, numerics=dict(facts), variant=variant)
+                                       task_config=tcfg, train=run_train, numerics=dict(facts), variant=variant)
                         value = getattr(mcfg, axis)
-                        spec.run_id = f"{tname}-{mname}-{axis}{value:g}-s{seed}-{stable_hash(spec.identity(), 6)}"
+                        dtag = f"-d{ds}" if ds is not None else ""
+                        spec.run_id = f"{tname}-{mname}-{axis}{value:g}-s{seed}{dtag}-{stable_hash(spec.identity(), 6)}"
                         if spec.run_id in methods:
                             raise ConfigError(f"grid.{mname}", f"two values give the same run {spec.run_id}")
                         specs.append(spec)
                         methods[spec.run_id] = method_cls(mcfg)
     return Plan(cfg, tasks, specs, methods)
+
+
+DATA_SEED = "data_seed"  # a task config field of this name seeds the task's preference data (docs/budgets.md)
+
+
+def data_seed_configs(cfg: SweepConfig, tname: str, task: Task) -> list[tuple[int | None, Any]]:
+    """(data seed, task config) per data seed of the sweep: [(None, the task's config)] without ``data_seeds``.
+    A task takes data seeds when its config has a ``data_seed`` field (a one-line error otherwise)."""
+    if not cfg.data_seeds:
+        return [(None, task.config)]
+    if DATA_SEED not in _field_names(type(task.config)):
+        raise ConfigError("data_seeds", f"task '{tname}' has no {DATA_SEED} field: its data cannot be reseeded")
+    if DATA_SEED in cfg.task_args.get(tname, {}):
+        raise ConfigError(f"task_args.{tname}.{DATA_SEED}", "is set by data_seeds; give one of the two")
+    return [(d, dataclasses.replace(task.config, **{DATA_SEED: d})) for d in cfg.data_seeds]
 
 
 ITERATIONS = "iterations"  # a method config field of this name counts the run's budget in iterations (PPO)

@@ -26,9 +26,12 @@ from torch import nn
 
 from . import io
 from .api import EvalResult, Method, OfflineMethod, TaskEnv
+from .compute import Compute
 from .config import TrainConfig, non_default, stable_hash, to_dict
 from .distributed import is_main_process
 from .errors import TrainingFailure
+from .report import names as N
+from .report.convergence import run_convergence
 from .report.schema import EVAL_FINAL, RUN_SUMMARY, SUMMARY_KEYS
 
 def configure_threads(device: torch.device) -> None:
@@ -127,6 +130,7 @@ class RunContext:
     show_progress: bool = True
     last_eval: EvalResult | None = None
     extra_summary: dict[str, Any] = field(default_factory=dict)
+    compute: Compute = field(default_factory=Compute)  # what the run spent (alignbench.compute)
 
     @property
     def train(self) -> TrainConfig:
@@ -143,14 +147,15 @@ class RunContext:
         return float(m.config.beta) if m.sweep_param == "beta" and m.beta_is_kl_coef else None
 
     def log_eval(self, step: int, result: EvalResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        row = {"step": step, **(extra or {}), **result.metrics}
+        row = {"step": step, **(extra or {}), **result.metrics, N.COMPUTE_BUDGET: self.compute.summary()[N.COMPUTE_BUDGET]}
         self.logger.log(row)
         self.last_eval = result
         return row
 
     def evaluate(self, policy: nn.Module, step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate ``policy`` on the task (exactly or by sampling) and log one metrics row."""
-        result = self.env.evaluate(policy, beta=self.target_beta(), seed=self.seed)
+        with self.compute.evaluating():
+            result = self.env.evaluate(policy, beta=self.target_beta(), seed=self.seed)
         return self.log_eval(step, result, extra)
 
     def reward_model(self):
@@ -171,7 +176,8 @@ class RunContext:
 
         state = {"step": step, "config_hash": stable_hash(self.spec.resolved()),
                  "modules": {k: m.state_dict() for k, m in modules.items()}, "extra": extra,
-                 "rows": self.logger.rows, "torch_rng": torch.get_rng_state()}
+                 "rows": self.logger.rows, "torch_rng": torch.get_rng_state(),
+                 "compute": self.compute.state_dict()}
         buf = _io.BytesIO()
         torch.save(state, buf)
         io.write_bytes(self.checkpoint_path, buf.getvalue())
@@ -199,6 +205,7 @@ class RunContext:
         extra.clear()
         extra.update(state["extra"])
         self.logger.rows = list(state["rows"])
+        self.compute.load_state_dict(state.get("compute", {}))
         if self.logger.write:
             io.write_jsonl(self.logger.path, self.logger.rows)
         torch.set_rng_state(state["torch_rng"])
@@ -233,6 +240,8 @@ def summarize(spec: RunSpec, ctx: RunContext | None, status: str, reason: str, w
     }
     if spec.variant:
         row["variant"] = spec.variant
+    if getattr(spec.task_config, "data_seed", None) is not None:
+        row["data_seed"] = int(spec.task_config.data_seed)
     if status != "ok":  # a failed run has no results: its metric columns stay empty (no step-0 values)
         return row
     for col, key in SUMMARY_KEYS.items():
@@ -240,6 +249,8 @@ def summarize(spec: RunSpec, ctx: RunContext | None, status: str, reason: str, w
             row[col] = metrics[key]
     if ctx is not None:
         row.update(ctx.extra_summary)
+        row.update(ctx.compute.summary())
+        row.update(run_convergence(ctx.logger.rows) or {})
     return row
 
 
@@ -285,6 +296,7 @@ def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, devic
         io.write_text(run_dir / "traceback.txt", traceback.format_exc())
     finally:
         logger.close()
+        ctx.compute.close()
     if not main:
         return None
     steps = int(logger.rows[-1]["step"]) if logger.rows else 0

@@ -80,7 +80,7 @@ def run_sweep(cfg: SweepConfig) -> pd.DataFrame:
     if held:  # runs of this plan that another sweep process holds: wait for them (documented)
         progress.say(f"sweep: waiting for {len(held)} run(s) held by another process")
         for spec in held:
-            task = the_plan.tasks[spec.task]
+            task = the_plan.task_of(spec)
             results[spec.run_id] = _run_locked(cfg, spec, the_plan.methods[spec.run_id],
                                                lambda task=task: _env(task, cfg.cache_dir, device), device,
                                                blocking=True)

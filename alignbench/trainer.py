@@ -271,6 +271,9 @@ def train_offline(method: OfflineMethod, ctx: RunContext) -> None:
     forward = PolicyForward(dist.unwrap(policy), train.tokens, grad_cols, tc.share_prompt, device)
     if forward.reason:
         print(f"alignbench: {method.name}: prefix-sharing packing off: {forward.reason}", file=sys.stderr)
+    ctx.compute.watch(dist.unwrap(policy))  # every training forward (packed or not) from here on is counted
+    if uses_ref:  # cached once per sweep; each run is charged one pass over its training split, as if uncached
+        ctx.compute.add(N.COMPUTE_REF_FWD, reference_positions(train.tokens))
 
     def evaluate(step: int, running: dict[str, list[float]]) -> None:
         if not dist.is_main:  # the other processes hold the same weights; one evaluates and writes
@@ -278,8 +281,9 @@ def train_offline(method: OfflineMethod, ctx: RunContext) -> None:
             return
         model = dist.unwrap(policy)
         extra = {k: sum(v) / len(v) for k, v in running.items() if v}
-        extra.update(preference_metrics(method, model, held_out, pairs_eval, device, "eval"))
-        extra.update(preference_metrics(method, model, train_probe, pairs_train, device, "train"))
+        with ctx.compute.evaluating():
+            extra.update(preference_metrics(method, model, held_out, pairs_eval, device, "eval"))
+            extra.update(preference_metrics(method, model, train_probe, pairs_train, device, "train"))
         ctx.evaluate(model, step, extra)
         running.clear()
 
@@ -333,6 +337,13 @@ def train_offline(method: OfflineMethod, ctx: RunContext) -> None:
             ctx.save_checkpoint(step, modules, running)
         dist.wait()
     bar.close()
+
+
+def reference_positions(tokens: TokenizedColumns) -> int:
+    """Positions of one reference pass over a split as :func:`score_all` lays it out: rows x columns x the widest
+    column (the columns are stacked on the batch axis and padded to a common length)."""
+    widths = [v.shape[1] for v in tokens.input_ids.values()]
+    return len(tokens) * len(widths) * max(widths, default=0)
 
 
 def _subset(split: PreparedSplit, idx: Tensor) -> PreparedSplit:

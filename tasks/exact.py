@@ -19,6 +19,9 @@ Pieces (all seeded by ``seed``):
 * **Preference pairs**: prompt uniform, y, y' ~ pi_ref independently (resampled until y != y'),
   labelled by Bradley-Terry on the gold reward (``labels="bt"``) or by the larger gold reward
   (``"deterministic"``, ties by a coin), then flipped with probability ``label_noise``.
+  Their streams are seeded by ``data_seed`` where set (the **data seed**: pairs, labels, and so the
+  reward model trained on them), else by ``seed``; the base distribution, reference, gold reward and
+  prompts always by ``seed``.
 
 **The policy is a distribution over the N responses.** The reference (and so every policy, a copy of
 it) is a :class:`ResponseMaskedGPT2`: a tiny GPT-2 (built by :func:`alignbench.models.tiny_gpt2`)
@@ -101,6 +104,9 @@ class ExactConfig:
     num_eval_pairs: int = param(512, "evaluation preference pairs")
     labels: str = param("bt", "'bt': Bradley-Terry labels on the gold reward; 'deterministic': the larger gold reward wins")
     label_noise: float = param(0.0, "probability of flipping each preference label, in [0, 0.5]")
+    data_seed: int | None = param(None, "seed of the preference pairs and their labels (train and held-out), hence of "
+                                        "the reward model trained on them; None: the task seed, as before. The "
+                                        "reference, gold reward table and prompts stay those of `seed`")
 
     def __post_init__(self) -> None:
         check_int("num_prompts", self.num_prompts, 1)
@@ -126,10 +132,17 @@ class ExactConfig:
         check_int("num_eval_pairs", self.num_eval_pairs, 1)
         check_choice("labels", self.labels, ("bt", "deterministic"))
         check_range("label_noise", self.label_noise, 0.0, 0.5)
+        if self.data_seed is not None:
+            check_int("data_seed", self.data_seed, 0)
 
     @property
     def num_responses(self) -> int:
         return self.vocab_size ** self.length
+
+    @property
+    def pair_seed(self) -> int:
+        """The seed of the preference data's random streams: ``data_seed`` where set, else the task seed."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def reference_key(self) -> dict[str, Any]:
         """The fields that determine the reference model (its cache key)."""
@@ -357,7 +370,7 @@ class ExactEnv(TaskEnv):
         self.preferences = {}
         for split, n, stream in (("train", cfg.num_train_pairs, _STREAM_TRAIN_PAIRS),
                                  ("eval", cfg.num_eval_pairs, _STREAM_EVAL_PAIRS)):
-            k, c, r = sample_pairs(ref_np, r_np, n, cfg.labels, cfg.label_noise, _rng(cfg.seed, stream))
+            k, c, r = sample_pairs(ref_np, r_np, n, cfg.labels, cfg.label_noise, _rng(cfg.pair_seed, stream))
             self.pair_index[split] = (k, c, r)
             self.preferences[split] = Dataset.from_dict({
                 "prompt": [self.prompt_strings[i] for i in k],
@@ -382,7 +395,8 @@ class ExactEnv(TaskEnv):
         base = torch.from_numpy(BaseDistribution.random(cfg).log_table(self._responses_np))
         self.reference_fit_kl = float(X.kl(base, self.ref_logp_table))  # KL(base || pi_ref): the SFT fit
         data_hash = stable_hash([a.tolist() for split in ("train", "eval") for a in self.pair_index[split]], n=16)
-        self.fingerprint = stable_hash({"task": "exact", "config": asdict(cfg),
+        config = {k: v for k, v in asdict(cfg).items() if not (k == "data_seed" and v is None)}  # ids as before
+        self.fingerprint = stable_hash({"task": "exact", "config": config,
                                         "reference": weights_fingerprint(reference), "data": data_hash}, n=16)
 
     # ---------------------------------------------------------------- sizes and parsing

@@ -244,9 +244,15 @@ class SentimentConfig:
     temperature: float = param(1.0, "sampling temperature of evaluation and rollouts (data is sampled at 1.0)")
     reward_on: str = param("completion", "what VADER scores: 'completion' or 'prompt+completion'")
     eval_batch_size: int = param(1024, "rows per sampling / scoring batch in evaluation")
+    data_seed: int | None = param(None, "seed of the preference data (pair prompts, sampled completions, labels), "
+                                        "hence of the reward model trained on it; None: `seed`, as before. The "
+                                        "corpus, reference, evaluation prompts and gold reward stay those of `seed` "
+                                        "(the cache entry is per data seed: its reference is rebuilt, identically)")
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0)
+        if self.data_seed is not None:
+            check_int("data_seed", self.data_seed, 0)
         check_int("n_reviews", self.n_reviews, 50)
         check_range("heldout_fraction", self.heldout_fraction, 0.01, 0.5)
         if len(self.sentiment_mix) != 3:
@@ -281,7 +287,13 @@ class SentimentConfig:
                 "n_head", "ref_steps", "ref_batch_size", "ref_lr", "max_new_tokens", "n_train_pairs",
                 "n_eval_pairs", "bt_scale", "reward_on")
         d = to_dict(self)
-        return {"version": BUILD_VERSION, **{k: d[k] for k in keep}}
+        extra = {"data_seed": self.data_seed} if self.data_seed is not None else {}  # default: the keys as before
+        return {"version": BUILD_VERSION, **{k: d[k] for k in keep}, **extra}
+
+    @property
+    def pair_seed(self) -> int:
+        """The seed of the preference data (pair prompts, sampled completions, labels): ``data_seed`` or ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
 
 
 BUILD_VERSION = 2  # bump when the grammar or the build changes, to invalidate caches
@@ -425,7 +437,7 @@ def _build(cfg: SentimentConfig, key: dict[str, Any], folder: Path) -> None:
 
     spec = GenerationSpec(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id, temperature=1.0)
-    rng = np.random.default_rng(cfg.seed + 1)
+    rng = np.random.default_rng(cfg.pair_seed + 1)  # the data streams: pair prompts, completions, labels
     train_prompts = [_prompt_of(train_reviews[int(i)], rng)
                      for i in rng.integers(0, len(train_reviews), cfg.n_train_pairs)]
     eval_pair_prompts = [_prompt_of(held_reviews[int(i)], rng)
@@ -439,8 +451,8 @@ def _build(cfg: SentimentConfig, key: dict[str, Any], folder: Path) -> None:
         return torch.tensor([vader_compound(t) for t in texts], dtype=torch.float64)
 
     with torch.random.fork_rng(devices=[]):
-        train_pairs = _sample_pairs(model, tokenizer, train_prompts, spec, cfg.seed + 11, reward_fn, cfg.bt_scale, rng)
-        eval_pairs = _sample_pairs(model, tokenizer, eval_pair_prompts, spec, cfg.seed + 12, reward_fn, cfg.bt_scale, rng)
+        train_pairs = _sample_pairs(model, tokenizer, train_prompts, spec, cfg.pair_seed + 11, reward_fn, cfg.bt_scale, rng)
+        eval_pairs = _sample_pairs(model, tokenizer, eval_pair_prompts, spec, cfg.pair_seed + 12, reward_fn, cfg.bt_scale, rng)
     all_r = train_pairs["chosen_reward"] + train_pairs["rejected_reward"]
     meta = {
         "build_key": key,
@@ -492,7 +504,8 @@ def _load(cfg: SentimentConfig, folder: Path, device: torch.device) -> Sentiment
     eval_prompts = eval_prompts_from(stored["heldout_reviews"], cfg.n_eval_prompts, cfg.seed)
     spec = GenerationSpec(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id, temperature=cfg.temperature)
-    fingerprint = stable_hash({"task": "sentiment", "config": to_dict(cfg), "weights": weights_fingerprint(model),
+    config = {k: v for k, v in to_dict(cfg).items() if not (k == "data_seed" and v is None)}  # ids as before
+    fingerprint = stable_hash({"task": "sentiment", "config": config, "weights": weights_fingerprint(model),
                                "data": folder.name}, 16)
     env = SentimentEnv(cfg, task_name="sentiment", tokenizer=tokenizer, reference=model,
                        reference_dir=folder / "reference", preferences=prefs,

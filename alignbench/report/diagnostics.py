@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import names as N
+from .convergence import run_convergence
 from .schema import as_frame, load_metrics  # noqa: F401  (re-exported)
 
 GOLD, KL = N.GOLD, N.KL
@@ -193,27 +194,13 @@ def kl_bounded(rows: pd.DataFrame | Sequence[dict[str, Any]], *, last_frac: floa
             "n_points": int(len(w))}
 
 
-CONVERGED_TOL = 0.05  # relative change over the last evaluation window below which a metric has stopped moving
-
-
-def converged(rows: pd.DataFrame | Sequence[dict[str, Any]], *, tol: float = CONVERGED_TOL,
-              abs_tol: float = 0.02) -> dict[str, Any] | None:
-    """Whether gold reward and KL had stopped moving at the end of training: over the last evaluation window
-    (the last two evaluations), each changed by at most ``tol`` relative to its final value (or by at most
-    ``abs_tol`` absolutely, for values near 0). None with fewer than two evaluations after step 0."""
-    df = as_frame(rows)
-    df = df[df["step"] > 0] if "step" in df else df
-    out: dict[str, Any] = {}
-    for name, key in (("reward", GOLD), ("kl", KL)):
-        s = _series(df, key)
-        if s is None or s.notna().sum() < 2:
-            return None
-        v = s.dropna()
-        change = float(v.iloc[-1] - v.iloc[-2])
-        out[f"{name}_change"] = change / max(abs(float(v.iloc[-1])), 1e-12)
-        out[f"{name}_moving"] = bool(abs(change) > max(tol * abs(float(v.iloc[-1])), abs_tol))
-    out["converged"] = not (out["reward_moving"] or out["kl_moving"])
-    return out
+def converged(rows: pd.DataFrame | Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Whether gold reward and KL had stopped moving at the end of training (window means against the evaluation
+    noise: :mod:`.convergence`): ``converged``, ``reward_change``, ``kl_change``; None with too few evaluations."""
+    res = run_convergence(as_frame(rows))
+    if res is None:
+        return None
+    return {"converged": res[N.CONVERGED], "reward_change": res[N.REWARD_CHANGE], "kl_change": res[N.KL_CHANGE]}
 
 
 def run_diagnostics(rows: pd.DataFrame | Sequence[dict[str, Any]], proxies: Sequence[str] = ()) -> dict[str, Any]:

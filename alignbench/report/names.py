@@ -30,3 +30,18 @@ TRAIN_ACC = "train/implicit_acc"
 LOGRATIO_CHOSEN = "logratio/chosen"
 LOGRATIO_REJECTED = "logratio/rejected"
 LOGRATIO_MARGIN = "logratio/margin"
+
+# compute a run spent (alignbench.compute; summary columns, and COMPUTE_BUDGET also in every evaluation row)
+COMPUTE_POLICY_FWD = "compute/policy_forward_tokens"  # positions through the policy's forward in training
+COMPUTE_POLICY_BWD = "compute/policy_backward_tokens"  # ... of forwards with gradients (back-propagated)
+COMPUTE_REF_FWD = "compute/reference_forward_tokens"  # positions through the reference (cached: one training pass)
+COMPUTE_EVAL_FWD = "compute/eval_forward_tokens"  # positions of evaluation forwards (policy and reference)
+COMPUTE_SAMPLES = "compute/policy_samples"  # completions sampled from the policy in training (rollouts)
+COMPUTE_RM_QUERIES = "compute/rm_queries"  # completions scored by the learned reward model in training
+COMPUTE_GOLD_QUERIES = "compute/gold_queries"  # completions scored by the gold reward as the training signal
+COMPUTE_BUDGET = "compute/policy_tokens"  # policy forward + 2 x backward tokens: the compute-matched budget
+
+# convergence at the end of training (alignbench.report.convergence; summary columns)
+CONVERGED = "converged"
+REWARD_CHANGE = "reward_change"  # last-window mean minus previous-window mean, relative to the distance travelled
+KL_CHANGE = "kl_change"

@@ -11,7 +11,8 @@ interval resamples seeds; pairs of methods get the difference of their mean scor
 probability of improvement P(A > B) over seed pairs (Agarwal et al. 2021). **Stability** is the per-seed
 standard deviation of final reward and KL at each sweep value.
 
-Rows of ``ranking.csv`` (column ``table``): ``score`` (one per task and method), ``pairwise`` (both orders of
+Rows of ``ranking.csv`` (column ``table``): ``score`` (one per task and method; ``compute_mean``: its mean
+policy tokens per run, forward + 2 x backward, :mod:`alignbench.compute`), ``pairwise`` (both orders of
 every pair), ``stability`` (one per task, method and sweep value).
 """
 
@@ -28,22 +29,28 @@ from .schema import cell
 
 COLUMNS = ["table", "task", "method", "method_b", "sweep_param", "sweep_value", "variant", "n_seeds", "n_seeds_b", "score",
            "ci_low", "ci_high", "prob_improvement", "kl_lo", "kl_hi", "reward_mean", "reward_sd", "kl_mean", "kl_sd",
-           "kl_is_bound"]
+           "kl_is_bound", "compute_mean"]
 
 
-def per_seed_points(ok: pd.DataFrame, task: str, reference: dict[tuple[str, Any], float] | None = None
-                    ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """method -> one (KL, reward) point set per seed (every completed run of that seed is a point, plus the
+def per_unit_points(ok: pd.DataFrame, task: str, reference: dict[tuple[str, Any], float] | None = None
+                    ) -> dict[str, dict[Any, tuple[np.ndarray, np.ndarray]]]:
+    """method -> seed -> its (KL, reward) point set (every completed run of that seed is a point, plus the
     reference's (0, reward) where ``reference`` has it for (task, seed))."""
     t = ok[(ok["task"] == task)].dropna(subset=["kl", "reward"])
-    out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    out: dict[str, dict[Any, tuple[np.ndarray, np.ndarray]]] = {}
     for (method, seed), g in t.groupby(["method", "seed"], sort=True):
         kl, rw = g["kl"].to_numpy(float), g["reward"].to_numpy(float)
         r0 = (reference or {}).get((task, seed))
         if r0 is not None and np.isfinite(r0):
             kl, rw = np.concatenate([[0.0], kl]), np.concatenate([[r0], rw])
-        out.setdefault(str(method), []).append((kl, rw))
+        out.setdefault(str(method), {})[seed] = (kl, rw)
     return out
+
+
+def per_seed_points(ok: pd.DataFrame, task: str, reference: dict[tuple[str, Any], float] | None = None
+                    ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """method -> one (KL, reward) point set per seed (:func:`per_unit_points` without the seed keys)."""
+    return {m: list(d.values()) for m, d in per_unit_points(ok, task, reference).items()}
 
 
 def reference_rewards(runs: dict[str, Any]) -> dict[tuple[str, Any], float]:
@@ -76,7 +83,8 @@ def build_ranking(summary: pd.DataFrame, reference: dict[tuple[str, Any], float]
         for m, sc in sorted(scores.items()):
             point, clo, chi = S.seed_bootstrap(sc)
             rows.append({"table": "score", "task": task, "method": m, "n_seeds": len(sc), "score": point,
-                         "ci_low": clo, "ci_high": chi, "kl_lo": lo, "kl_hi": hi, "kl_is_bound": bound.get(m, False)})
+                         "ci_low": clo, "ci_high": chi, "kl_lo": lo, "kl_hi": hi, "kl_is_bound": bound.get(m, False),
+                         "compute_mean": mean_budget(t[t["method"] == m])})
         names = sorted(scores)
         for a in names:
             for b in names:
@@ -94,6 +102,14 @@ def build_ranking(summary: pd.DataFrame, reference: dict[tuple[str, Any], float]
                          "reward_sd": float(rw.std(ddof=1)) if len(g) > 1 else float("nan"),
                          "kl_mean": float(kl.mean()), "kl_sd": float(kl.std(ddof=1)) if len(g) > 1 else float("nan")})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def mean_budget(runs: pd.DataFrame) -> float:
+    """Mean policy budget per run (``compute/policy_tokens``: forward + 2 x backward tokens), NaN if not recorded."""
+    if N.COMPUTE_BUDGET not in runs:
+        return float("nan")
+    v = pd.to_numeric(runs[N.COMPUTE_BUDGET], errors="coerce").dropna()
+    return float(v.mean()) if len(v) else float("nan")
 
 
 def verdict(row: pd.Series) -> str:

@@ -64,7 +64,7 @@ SUMMARY_KEYS = {  # summary.csv column <- final metric name
     "kl_is_bound": N.KL_IS_BOUND,
     "win_rate_vs_chosen": N.WIN_VS_CHOSEN,
 }
-BASE_COLUMNS = ["run_id", "task", "method", "sweep_param", "beta", "sweep_value", "variant", "seed", "status",
+BASE_COLUMNS = ["run_id", "task", "method", "sweep_param", "beta", "sweep_value", "variant", "seed", "data_seed", "status",
                 "reason", "steps", "wall_s"]
 # columns filled from each run's final evaluation row when an older summary.csv lacks them
 FROM_METRICS = {"win_rate_vs_chosen": N.WIN_VS_CHOSEN, "win_rate_vs_chosen_se": N.WIN_VS_CHOSEN_SE}
@@ -107,6 +107,9 @@ def load_results(out: Path) -> "tuple[Any, dict[str, Any]]":
         summary["sweep_value"] = summary["beta"]
     summary["reason"] = summary["reason"].fillna("")
     summary["variant"] = summary["variant"].fillna("").astype(str) if "variant" in summary else ""
+    if "data_seed" in summary and summary["data_seed"].notna().any():  # the unit of every seed statistic is the pair
+        summary["train_seed"] = summary["seed"]
+        summary["seed"] = [f"{s}/d{int(d)}" if d == d else str(s) for s, d in zip(summary["seed"], summary["data_seed"])]
     try:
         meta = io.read_json(out / SWEEP_JSON) if (out / SWEEP_JSON).exists() else {}
     except ValueError:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import diagnostics as D
+from ..convergence import describe
 from ..core import ReportContext, register_section
 from ..diagnosis import Diagnosis
 from ..examples import degeneration_columns
@@ -85,9 +86,9 @@ def section_per_run_table(per_run: pd.DataFrame, degeneration: pd.DataFrame | No
                  "by more than 2 standard errors (and 5% of its gain) while the proxy (reward-model reward for PPO, "
                  "held-out implicit reward margin for offline methods) kept rising. Overfit: held-out preference loss "
                  "rose above its minimum (by 5% of its improvement) while the training-subset loss kept falling. "
-                 "Log-ratios: final mean log π/π_ref [nats] on held-out pairs. Still moving: gold reward or KL changed "
-                 f"by more than {100 * D.CONVERGED_TOL:.0f}% (and 0.02 absolute) between the last two evaluations: the "
-                 "run was cut short, so its final point understates where the method would settle.\n")
+                 "Log-ratios: final mean log π/π_ref [nats] on held-out pairs. Still moving: "
+                 f"{describe()}: the run was cut short, so its final point may understate where the method would "
+                 "settle.\n")
     parts.append(md_table(table.fillna("")))
     return "\n".join(parts)
 

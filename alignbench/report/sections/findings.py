@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .. import diagnostics as D
+from ..convergence import MIN_EVALS, describe
 from ..core import ReportContext, register_section
 from ..diagnosis import Diagnosis
 from ..examples import findings_degeneration
@@ -176,12 +177,14 @@ def findings_diagnostics(diag: Diagnosis) -> list[str]:
         moving = moving.assign(still_moving=~moving["converged"].astype(bool))
         n_mv, n_all = int(moving["still_moving"].sum()), len(moving)
         if n_mv:
-            out.append(f"- Still moving at the end (gold reward or KL changed by more than "
-                       f"{100 * D.CONVERGED_TOL:.0f}% over the last evaluation window) in {n_mv} of {n_all} runs: "
+            out.append(f"- Still moving at the end ({describe()}) in {n_mv} of {n_all} runs: "
                        f"{k_of_n(moving, 'still_moving')}. Their final points may understate these methods.")
         else:
-            out.append(f"- All {n_all} runs with several evaluations had stopped moving at the end (gold reward and KL "
-                       f"within {100 * D.CONVERGED_TOL:.0f}% over the last evaluation window).")
+            out.append(f"- All {n_all} runs with enough evaluations had stopped moving at the end (not still moving: "
+                       f"{describe()}).")
+        n_none = int(pr["converged"].isna().sum())
+        if n_none:
+            out.append(f"- No convergence verdict for {n_none} runs: fewer than {MIN_EVALS} evaluations after step 0.")
     if "kl_bounded" in pr and pr["kl_bounded"].notna().any():
         out.append("- KL over the last third of training:")
         out.append("  " + kl_bounded_statement(pr).replace("\n", "\n  "))

@@ -23,7 +23,8 @@ def section_ranking(ctx: ReportContext) -> str:
              "(a mixture of two policies does at least that well) and flat beyond the last one. The **frontier score** "
              "is its mean over KL budgets in the range every method reaches in every seed: from the largest first "
              "Pareto KL (0 with the reference point) to the smallest largest KL. Intervals: 95% percentile bootstrap over seeds (none with one "
-             "seed). P(A > B): the share of seed pairs in which A's score exceeds B's (Agarwal et al. 2021). All "
+             "seed). Policy tokens per run: forward + 2 × backward positions through the policy in training, mean over the "
+             "method's runs (section Compute). P(A > B): the share of seed pairs in which A's score exceeds B's (Agarwal et al. 2021). All "
              "values are in `ranking.csv`.", ""]
     scores = rk[rk["table"] == "score"]
     if scores.empty:
@@ -40,7 +41,8 @@ def section_ranking(ctx: ReportContext) -> str:
             parts.append(md_table(pd.DataFrame({
                 "method": [m + (" (KL: upper bound)" if b else "") for m, b in zip(s["method"], s["kl_is_bound"])],
                 "seeds": s["n_seeds"].astype(int),
-                "frontier score [95% CI]": [fmt_ci(v, a, b) for v, a, b in zip(s["score"], s["ci_low"], s["ci_high"])]})))
+                "frontier score [95% CI]": [fmt_ci(v, a, b) for v, a, b in zip(s["score"], s["ci_low"], s["ci_high"])],
+                "policy tokens per run": [f"{v:.3g}" if pd.notna(v) else "" for v in s["compute_mean"]]})))
             pw = rk[(rk["table"] == "pairwise") & (rk["task"] == task)]
             pw = pw[pw["method"].astype(str) < pw["method_b"].astype(str)] if not pw.empty else pw
             if not pw.empty and pw[["n_seeds", "n_seeds_b"]].min(axis=1).max() < 2:
