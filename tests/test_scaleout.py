@@ -146,9 +146,9 @@ def test_local_pool_is_sized_and_pinned_by_runs_per_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     cfg = sweep.SweepConfig(workers=8, runs_per_gpu=3, out=str(tmp_path / "x"))
     specs = [sweep.RunSpec(task="exact", method="dpo", seed=0, method_config=None, task_config=None, train=None,
-                           run_id=f"r{i}") for i in range(3)]
+                           run_id=f"r{i}") for i in range(8)]
     progress = sweep.folder.Progress(len(specs), 0)
-    assert sweep._execute_pending(cfg, None, specs, progress) == {"r0": None, "r1": None, "r2": None}
+    assert sweep._execute_pending(cfg, None, specs, progress) == {f"r{i}": None for i in range(8)}
     assert seen["workers"] == 6 and seen["gpus"] == [0, 0, 0, 1, 1, 1]
     assert seen["threads"] == {torch.get_num_threads()} and seen["initializer"] is sweep._init_worker
 
