@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from . import io
-from .api import EvalResult, Method, OfflineMethod, TaskEnv
+from .api import EvalResult, Method, NoTarget, OfflineMethod, Target, TargetEvaluable, TaskEnv
 from .config import TrainConfig, non_default, stable_hash, to_dict
 from .distributed import is_main_process
 from .errors import TrainingFailure
+from .report.names import OWN_TARGET
 from .report.schema import EVAL_FINAL, RUN_SUMMARY, SUMMARY_KEYS
 
 def configure_threads(device: torch.device) -> None:
@@ -127,6 +128,7 @@ class RunContext:
     show_progress: bool = True
     last_eval: EvalResult | None = None
     extra_summary: dict[str, Any] = field(default_factory=dict)
+    own_target: Target | NoTarget | None = None  # the method's population target (resolved at the first evaluation)
 
     @property
     def train(self) -> TrainConfig:
@@ -143,6 +145,12 @@ class RunContext:
         return float(m.config.beta) if m.sweep_param == "beta" and m.beta_is_kl_coef else None
 
     def log_eval(self, step: int, result: EvalResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        if isinstance(self.env, TargetEvaluable) and result.per_prompt and "logp" in result.per_prompt:
+            if self.own_target is None:
+                self.own_target = resolve_target(self)
+                self.extra_summary[OWN_TARGET] = target_label(self.own_target)
+            if isinstance(self.own_target, Target):
+                result.metrics.update(self.env.target_metrics(result, self.own_target))
         row = {"step": step, **(extra or {}), **result.metrics}
         self.logger.log(row)
         self.last_eval = result
@@ -217,6 +225,28 @@ class RunContext:
         from .models import progress_disabled
 
         return tqdm(total=total, desc=desc, leave=False, disable=progress_disabled(self.show_progress), dynamic_ncols=True)
+
+
+def resolve_target(ctx: RunContext) -> Target | NoTarget:
+    """Ask the method for its population target on the env's tables (with the reward model's score table for a
+    method that trains on one). A hook that raises gives NoTarget with the error; the RNG state is left as found."""
+    from dataclasses import replace
+
+    with torch.random.fork_rng(devices=[]):
+        try:
+            problem = ctx.env.tabular_problem()
+            if ctx.method.needs_reward_model:
+                from .reward_model import rm_score_table
+
+                problem = replace(problem, rm_reward=rm_score_table(ctx.env, ctx.reward_model()))
+            return ctx.method.population_target(problem)
+        except Exception as e:  # noqa: BLE001 - a target is a measurement, never a reason to fail the run
+            return NoTarget(f"the target hook failed: {type(e).__name__}: {e}"[:200])
+
+
+def target_label(target: Target | NoTarget) -> str:
+    """The summary's ``own_target`` cell: the target's formula, or "none: <reason>"."""
+    return target.formula if isinstance(target, Target) else f"none: {target.reason}"
 
 
 def summarize(spec: RunSpec, ctx: RunContext | None, status: str, reason: str, wall: float,
