@@ -203,7 +203,8 @@ class Method(ABC):
     def report_info(cls) -> dict[str, Any]:
         """The declarations the report reads (saved per method in ``sweep.json``)."""
         return {"sweep_param": cls.sweep_param, "data_format": cls.data_format, "proxy_metric": cls.proxy_metric,
-                "proxy_curve": cls.proxy_curve, "panels": [p.as_dict() for p in cls.diagnostic_panels]}
+                "proxy_curve": cls.proxy_curve, "panels": [p.as_dict() for p in cls.diagnostic_panels],
+                "needs_reward_model": cls.needs_reward_model}
 
     def population_target(self, problem: TabularProblem) -> "Target | NoTarget":
         """The policy this method's objective is minimised by in the population limit (infinite data, a tabular
