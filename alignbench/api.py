@@ -263,8 +263,9 @@ class EvalResult:
     """Metrics of one evaluation of a policy.
 
     metrics:    standard names: ``reward/gold`` (+ ``_se``), ``kl/ref`` (+ ``_se``), ``winrate/vs_ref``
-                (+ ``_se``), ``policy/entropy``, ``policy/length``; exact tasks add ``kl/to_target``,
-                ``exact/frontier_gap``, ``exact/unseen_mass``.
+                (+ ``_se``), ``policy/entropy``, ``policy/length``; exact tasks add ``kl/to_target`` (KL to the
+                gold pi*_beta), ``exact/frontier_gap``, ``exact/unseen_mass``, and against the method's own
+                population target ``kl/to_own_target``, ``exact/objective_gap``, ``exact/estimation_gap``.
     per_prompt: optional per-prompt arrays (e.g. ``reward``) kept with the run for head-to-head win rates.
     """
 

@@ -160,3 +160,27 @@ def test_exact_env_gap_decomposition(tiny_exact_env):
         assert abs(mt[N.KL_TO_OWN_TARGET]) < 1e-5 and abs(mt[N.ESTIMATION_GAP]) < 1e-5
     assert abs(env.target_metrics(res, dpo)[N.OBJECTIVE_GAP]) < 1e-6  # pi*_beta lies on the frontier
     assert env.target_metrics(res, ipo)[N.OBJECTIVE_GAP] > 1e-4  # IPO's target lies below it
+
+
+def test_runs_record_their_own_target(dpo_kto_sweep):
+    """Through the runner (the session's DPO + KTO smoke sweep): the summary names each run's target or the reason
+    for none, and DPO's two parts add up to its frontier gap."""
+    import pandas as pd
+
+    s = pd.read_csv(dpo_kto_sweep / "summary.csv")
+    dpo, kto = s[s["method"] == "dpo"], s[s["method"] == "kto"]
+    assert (dpo["own_target"] == "pi_ref exp(r/beta)/Z").all()
+    assert kto["own_target"].str.startswith("none: no closed form derived").all()
+    assert kto["objective_gap"].isna().all() and kto["kl_to_own_target"].isna().all()
+    assert (dpo["objective_gap"] + dpo["estimation_gap"] - dpo["frontier_gap"]).abs().max() < 1e-12
+    assert (dpo["kl_to_own_target"] - dpo["kl_to_target"]).abs().max() < 1e-4  # its own target is pi*_beta
+
+
+def test_best_of_n_run_has_no_estimation_gap(task, env, cache, reward_model, tmp_path):
+    """Best-of-n's policy is computed exactly from the reward model's table: it is its own target."""
+    from .runs import run_method
+
+    summary, _, _ = run_method(task, env, cache, tmp_path, "bon", {"n": 4})
+    assert summary["own_target"] == "best-of-n of pi_ref by r_RM"
+    assert abs(summary["estimation_gap"]) < 1e-6 and summary["kl_to_own_target"] < 1e-6
+    assert summary["objective_gap"] == pytest.approx(summary["frontier_gap"], abs=1e-6)
