@@ -114,6 +114,44 @@ class Panel:
         return {"title": self.title, "series": [list(s) for s in self.series], "ylabel": self.ylabel}
 
 
+@dataclass(frozen=True)
+class TabularProblem:
+    """An enumerable task seen as tables, for a method's population target (:meth:`Method.population_target`).
+
+    ref_logp:      (K, N) normalised log pi_ref(y|x).
+    reward:        (K, N) gold reward r(x, y).
+    labels:        how the task's preference pairs are labelled: "bt" (Bradley-Terry on ``reward``) or
+                   "deterministic" (the larger reward wins, ties by a coin); then flipped with ``label_noise``.
+    label_noise:   probability that a pair's label is flipped.
+    rm_reward:     (K, N) the learned reward model's score of every response, where the method uses one; else None.
+    lengths:       (N,) token count of each response.
+    Pairs are (y, y') ~ pi_ref x pi_ref with y != y', prompts uniform (the exact task's sampling).
+    """
+
+    ref_logp: Tensor
+    reward: Tensor
+    labels: str = "bt"
+    label_noise: float = 0.0
+    rm_reward: Tensor | None = None
+    lengths: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A method's population optimum on a :class:`TabularProblem`: ``logp`` (K, N) normalised log-probs, and
+    ``formula`` the closed form it came from, in words (e.g. "pi_ref exp(r/beta)/Z")."""
+
+    logp: Tensor
+    formula: str
+
+
+@dataclass(frozen=True)
+class NoTarget:
+    """No finite or no known population optimum; ``reason`` says why (one sentence)."""
+
+    reason: str
+
+
 class Method(ABC):
     """Base class of all alignment methods. Subclasses set the class attributes below."""
 
@@ -144,6 +182,8 @@ class Method(ABC):
     # optimises (DPO, IPO, KTO, PPO, ...): the sweep's ``betas`` apply to it, summary.csv's ``beta`` column shows it
     # and exact tasks measure KL to pi*_beta. False where ``beta`` is only a scale (SimPO), or where there is no beta.
     beta_is_kl_coef: ClassVar[bool] = True
+    # why the method has no population target (:meth:`population_target`'s default answer), one sentence
+    no_target_reason: ClassVar[str] = "not declared"
 
     def __init__(self, config: MethodConfig):
         self.config = config
@@ -163,7 +203,15 @@ class Method(ABC):
     def report_info(cls) -> dict[str, Any]:
         """The declarations the report reads (saved per method in ``sweep.json``)."""
         return {"sweep_param": cls.sweep_param, "data_format": cls.data_format, "proxy_metric": cls.proxy_metric,
-                "proxy_curve": cls.proxy_curve, "panels": [p.as_dict() for p in cls.diagnostic_panels]}
+                "proxy_curve": cls.proxy_curve, "panels": [p.as_dict() for p in cls.diagnostic_panels],
+                "needs_reward_model": cls.needs_reward_model}
+
+    def population_target(self, problem: TabularProblem) -> "Target | NoTarget":
+        """The policy this method's objective is minimised by in the population limit (infinite data, a tabular
+        policy) on ``problem``, or :class:`NoTarget` with the reason. The exact task measures every run against it
+        (``kl/to_own_target``, ``exact/objective_gap``, ``exact/estimation_gap``); see docs/targets.md. The default
+        says none, with :attr:`no_target_reason`."""
+        return NoTarget(self.no_target_reason)
 
     def run(self, ctx: "RunContext") -> None:
         """Train (or build) the policy, logging through ``ctx``; the harness writes the summary.
@@ -215,8 +263,9 @@ class EvalResult:
     """Metrics of one evaluation of a policy.
 
     metrics:    standard names: ``reward/gold`` (+ ``_se``), ``kl/ref`` (+ ``_se``), ``winrate/vs_ref``
-                (+ ``_se``), ``policy/entropy``, ``policy/length``; exact tasks add ``kl/to_target``,
-                ``exact/frontier_gap``, ``exact/unseen_mass``.
+                (+ ``_se``), ``policy/entropy``, ``policy/length``; exact tasks add ``kl/to_target`` (KL to the
+                gold pi*_beta), ``exact/frontier_gap``, ``exact/unseen_mass``, and against the method's own
+                population target ``kl/to_own_target``, ``exact/objective_gap``, ``exact/estimation_gap``.
     per_prompt: optional per-prompt arrays (e.g. ``reward``) kept with the run for head-to-head win rates.
     """
 
@@ -301,6 +350,17 @@ class SampleEvaluable(Protocol):
                          kl_se: float | None = None, kl_is_bound: bool = False,
                          lengths: Sequence[float] | None = None, seed: int = 0) -> EvalResult:
         """Gold reward and win rate of the samples; ``kl`` passed through (``kl_is_bound``: only an upper bound)."""
+
+
+@runtime_checkable
+class TargetEvaluable(Protocol):
+    """An enumerable environment that measures a policy against a method's own population target."""
+
+    def tabular_problem(self) -> TabularProblem:
+        """The task as tables (no reward-model scores: the harness adds them for methods that use one)."""
+
+    def target_metrics(self, result: EvalResult, target: Target) -> dict[str, float]:
+        """``kl/to_own_target``, ``exact/objective_gap``, ``exact/estimation_gap`` of an evaluation of this env."""
 
 
 class Task(ABC):

@@ -405,3 +405,17 @@ def pearson(a: Tensor, b: Tensor) -> float:
     a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
     den = a.norm() * b.norm()
     return float((a @ b) / den) if den > 0 else float("nan")
+
+
+_SCORE_TABLES: dict[tuple[str, str], Tensor] = cache.memo("reward-model score tables")  # (RM key, task fingerprint) -> (K, N)
+
+
+@torch.no_grad()
+def rm_score_table(env, rm) -> Tensor:
+    """(K, N) reward-model score of every (prompt, response) of an exact task (memoised per RM and task)."""
+    key = (rm.key, env.fingerprint)
+    if key not in _SCORE_TABLES:
+        k, n = env.ref_logp_table.shape
+        ids = torch.cat([env.prompt_ids.repeat_interleave(n)[:, None], env.response_ids.repeat(k, 1)], 1)
+        _SCORE_TABLES[key] = rm.score(ids, torch.ones_like(ids)).double().cpu().view(k, n)
+    return _SCORE_TABLES[key]

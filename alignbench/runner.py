@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import io
-from .api import EvalResult, Method, OfflineMethod, TaskEnv
+from .api import EvalResult, Method, NoTarget, OfflineMethod, Target, TargetEvaluable, TaskEnv
 from .compute import Compute
 from .config import TrainConfig, non_default, stable_hash, to_dict
 from .distributed import is_main_process
@@ -131,6 +131,7 @@ class RunContext:
     last_eval: EvalResult | None = None
     extra_summary: dict[str, Any] = field(default_factory=dict)
     compute: Compute = field(default_factory=Compute)  # what the run spent (alignbench.compute)
+    own_target: Target | NoTarget | None = None  # the method's population target (resolved at the first evaluation)
 
     @property
     def train(self) -> TrainConfig:
@@ -147,6 +148,12 @@ class RunContext:
         return float(m.config.beta) if m.sweep_param == "beta" and m.beta_is_kl_coef else None
 
     def log_eval(self, step: int, result: EvalResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        if isinstance(self.env, TargetEvaluable) and result.per_prompt and "logp" in result.per_prompt:
+            if self.own_target is None:
+                self.own_target = resolve_target(self)
+                self.extra_summary[N.OWN_TARGET] = target_label(self.own_target)
+            if isinstance(self.own_target, Target):
+                result.metrics.update(self.env.target_metrics(result, self.own_target))
         row = {"step": step, **(extra or {}), **result.metrics, N.COMPUTE_BUDGET: self.compute.summary()[N.COMPUTE_BUDGET]}
         self.logger.log(row)
         self.last_eval = result
@@ -224,6 +231,28 @@ class RunContext:
         from .models import progress_disabled
 
         return tqdm(total=total, desc=desc, leave=False, disable=progress_disabled(self.show_progress), dynamic_ncols=True)
+
+
+def resolve_target(ctx: RunContext) -> Target | NoTarget:
+    """Ask the method for its population target on the env's tables (with the reward model's score table for a
+    method that trains on one). A hook that raises gives NoTarget with the error; the RNG state is left as found."""
+    from dataclasses import replace
+
+    with torch.random.fork_rng(devices=[]):
+        try:
+            problem = ctx.env.tabular_problem()
+            if ctx.method.needs_reward_model:
+                from .reward_model import rm_score_table
+
+                problem = replace(problem, rm_reward=rm_score_table(ctx.env, ctx.reward_model()))
+            return ctx.method.population_target(problem)
+        except Exception as e:  # noqa: BLE001 - a target is a measurement, never a reason to fail the run
+            return NoTarget(f"the target hook failed: {type(e).__name__}: {e}"[:200])
+
+
+def target_label(target: Target | NoTarget) -> str:
+    """The summary's ``own_target`` cell: the target's formula, or "none: <reason>"."""
+    return target.formula if isinstance(target, Target) else f"none: {target.reason}"
 
 
 def summarize(spec: RunSpec, ctx: RunContext | None, status: str, reason: str, wall: float,

@@ -80,6 +80,7 @@ class BCO(OfflineMethod):
     config_cls = BCOConfig
     data_format = "unpaired"
     needs_reference = True
+    no_target_reason = ("no closed form derived: a classifier loss on unpaired rows with a running reward shift delta")
     default_grid = (0.03, 0.1, 0.3, 1.0, 3.0)  # beta scales a log-ratio in a sigmoid, as in DPO and KTO
 
     def __init__(self, config: BCOConfig):

@@ -17,21 +17,16 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
 
-from alignbench.api import EnumerableEnv, Method, SampleEvaluable
+from alignbench.api import EnumerableEnv, Method, SampleEvaluable, TabularProblem, Target, NoTarget
 from alignbench.config import check_int, param
-from alignbench.cache import memo
 from alignbench.exact import best_of_n_logp, expected
 from alignbench.generation import sample
 from alignbench.registry import register_method
+from alignbench.reward_model import rm_score_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.api import RunContext
-
-_SCORE_TABLES: dict[tuple[str, str], Tensor] = memo("bon score tables")  # (RM key, task fingerprint) -> (K, N)
-
 
 @dataclass(frozen=True)
 class BestOfNConfig:
@@ -55,17 +50,6 @@ def bon_kl_bound(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
-@torch.no_grad()
-def rm_score_table(env, rm) -> Tensor:
-    """(K, N) reward-model score of every (prompt, response) of an exact task (memoised per RM and task)."""
-    key = (rm.key, env.fingerprint)
-    if key not in _SCORE_TABLES:
-        k, n = env.ref_logp_table.shape
-        ids = torch.cat([env.prompt_ids.repeat_interleave(n)[:, None], env.response_ids.repeat(k, 1)], 1)
-        _SCORE_TABLES[key] = rm.score(ids, torch.ones_like(ids)).double().cpu().view(k, n)
-    return _SCORE_TABLES[key]
-
-
 @register_method("bon")
 class BestOfN(Method):
     """Best-of-N sampling from the reference with the learned reward model as the judge."""
@@ -79,6 +63,13 @@ class BestOfN(Method):
     default_grid = (1, 2, 4, 8, 16, 32, 64)
     requires_one_of = (EnumerableEnv, SampleEvaluable)  # exact tables, or the task scoring given samples
     proxy_metric = "bon/rm_score"  # the reward model's mean score of the kept completions
+
+    def population_target(self, problem: TabularProblem) -> Target | NoTarget:
+        """Its own policy, exactly: P(best = y) = F(y)^n - F_<(y)^n under pi_ref ranked by r_RM (nothing is estimated)."""
+        if problem.rm_reward is None:
+            return NoTarget("the reward model's score table is not available")
+        n = self.config.n  # type: ignore[attr-defined]
+        return Target(best_of_n_logp(problem.ref_logp.double(), problem.rm_reward.double(), n), "best-of-n of pi_ref by r_RM")
 
     def run(self, ctx: "RunContext") -> None:
         cfg: BestOfNConfig = self.config

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignbench.api import LogpBatch, LossOutput, MethodConfig, OfflineMethod
+from alignbench.api import LogpBatch, LossOutput, MethodConfig, NoTarget, OfflineMethod, TabularProblem, Target
+from alignbench.targets import logistic_target, noisy
 from alignbench.config import check_finite, param
 from alignbench.errors import ConfigError
 from alignbench.paired import paired_output
@@ -84,6 +85,13 @@ class DPO(OfflineMethod):
     # beta = 3 barely leaves pi_ref (log-ratios ~ reward gaps / 3); beta = 0.03 drives log-ratios to tens of
     # nats, well past the best gold reward. Log-spaced, ~3x apart, bracketing the paper's default 0.1.
     default_grid = (0.03, 0.1, 0.3, 1.0, 3.0)
+
+    def population_target(self, problem: TabularProblem) -> Target | NoTarget:
+        """BT labels: pi_ref exp(r/beta)/Z (DPO App. A.1). cDPO's label smoothing eps_s and label noise eps mix the
+        label probability: q_eff = eps_s + (1 - 2 eps_s)(eps + (1 - 2 eps) q), Bradley-Terry only when both are 0."""
+        a, b = noisy(problem)
+        eps = self.config.label_smoothing  # type: ignore[attr-defined]
+        return logistic_target(problem, self.config.beta, eps + (1 - 2 * eps) * a, (1 - 2 * eps) * b, what="DPO's loss")
 
     def compute_loss(self, batch: LogpBatch) -> LossOutput:
         cfg: DPOConfig = self.config  # type: ignore[assignment]

@@ -45,10 +45,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from alignbench.api import NoTarget, TabularProblem, Target
 from alignbench.config import check_choice, check_positive, param
 from alignbench.online import (Learner, OnlineMethod, StepConfig, RolloutBatch, check_group_size,
                                clipped_surrogate, grouped, kl_penalized_reward)
 from alignbench.registry import register_method
+from alignbench.targets import reward_tilt
 
 STD_EPS = 1e-4  # TRL GRPOTrainer: advantages / (std + 1e-4)
 
@@ -126,6 +128,18 @@ class GRPO(OnlineMethod):
     # advantages are standardised (|A| ~ 1 whatever the reward's scale), so the KL term needs larger beta than
     # RLOO's: at beta = 0.1 on the exact task GRPO reached KL 7.5 nats (RLOO 2.2)
     default_grid = (0.03, 0.1, 0.3, 1.0, 3.0)
+
+    def population_target(self, problem: TabularProblem) -> Target | NoTarget:
+        """kl_mode=reward without std scaling (Dr. GRPO advantages): the gradient of E[r_RM - beta KL_seq], optimum
+        pi_ref exp(r_RM/beta)/Z. Otherwise none (module docstring: k3 in the loss, std scaling)."""
+        cfg = self.config
+        if cfg.kl_mode != "reward":  # type: ignore[attr-defined]
+            return NoTarget("kl_mode=loss: the k3 term's gradient along pi's own samples is that of the reverse "
+                            "KL(pi_ref || pi) per token, whose optimum over sequences has no closed form here")
+        if cfg.scale_rewards:  # type: ignore[attr-defined]
+            return NoTarget("advantages divided by the group's std: the update is not the gradient of one objective "
+                            "(pi_ref exp(r_RM/beta)/Z is a fixed point, not shown to be its limit)")
+        return reward_tilt(problem, cfg.beta, self.needs_reward_model)
 
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch, learner: Learner) -> None:

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from alignbench.api import LogpBatch, LossOutput, MethodConfig, OfflineMethod
+from alignbench.api import LogpBatch, LossOutput, MethodConfig, NoTarget, OfflineMethod, TabularProblem, Target
 from alignbench.config import param
 from alignbench.errors import ConfigError
 from alignbench.paired import paired_output, per_token
 from alignbench.registry import register_method
+from alignbench.targets import equal_length, ipo_target
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,17 @@ class IPO(OfflineMethod):
     # best reward. For sequence log-ratios (the default); with length_normalize the per-token target 1/(2 tau)
     # is multiplied by the length, so useful taus are larger by about the completion length.
     default_grid = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+    def population_target(self, problem: TabularProblem) -> Target | NoTarget:
+        """pi_ref exp(P(y > pi_ref)/tau)/Z (IPO paper Eq. 6, Psi = identity; not pi*_tau), P with the data's label
+        noise. Per-token log-ratios over responses of one length L regress h onto L/(2 tau): tau becomes tau / L."""
+        cfg: IPOConfig = self.config  # type: ignore[assignment]
+        if not cfg.length_normalize:
+            return ipo_target(problem, cfg.beta)
+        length = equal_length(problem)
+        if length is None:
+            return NoTarget("per-token log-ratios over responses of different lengths: no closed form")
+        return ipo_target(problem, cfg.beta / length)
 
     def compute_loss(self, batch: LogpBatch) -> LossOutput:
         cfg: IPOConfig = self.config  # type: ignore[assignment]

@@ -90,6 +90,7 @@ class KTO(OfflineMethod):
     # fixed per dataset, so its reference log-probs are cached); z0 is detached: no gradient flows through these rows
     statistic_columns = {"kl_completion": "mismatched"}
     needs_reference = True
+    no_target_reason = ("no closed form derived: the value sigma(beta (r - z0)) uses z0, a clamped batch estimate of KL(pi || pi_ref), on unpaired rows")
     # As for DPO, beta scales the implied reward inside a sigmoid: the loss saturates once |r - z0| >> 1/beta, so
     # beta = 3 barely moves from pi_ref and beta = 0.03 moves tens of nats, past the best reward.
     default_grid = (0.03, 0.1, 0.3, 1.0, 3.0)

@@ -55,6 +55,7 @@ class NCA(OfflineMethod):
     config_cls = NCAConfig
     data_format = "paired"
     needs_reference = True
+    no_target_reason = ("no closed form derived: NCA scores each response against the reference on its own, not through the pair margin")
     # beta scales log-ratios inside sigmoids as in DPO: the same log-spaced grid (beta = 3 barely moves, 0.03 moves
     # tens of nats), so the two frontiers are compared at equal betas.
     default_grid = (0.03, 0.1, 0.3, 1.0, 3.0)

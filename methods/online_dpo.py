@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignbench.api import NoTarget, TabularProblem, Target
 from alignbench.config import check_choice, param
+from alignbench.targets import logistic_target
 from alignbench.errors import ConfigError
 from alignbench.online import Learner, OnlineMethod, StepConfig, RolloutBatch, grouped
 from alignbench.registry import register_method
@@ -77,6 +79,16 @@ class OnlineDPO(OnlineMethod):
     needs_preferences = True
     sweep_param = "beta"
     default_grid = (0.03, 0.1, 0.3, 1.0, 3.0)
+
+    def population_target(self, problem: TabularProblem) -> Target | NoTarget:
+        """bt labels: pi_ref exp(r_RM/beta)/Z, where the KL-regularised reward beta log(pi/pi_ref) - r_RM is constant
+        and every pair's expected DPO gradient (sigma(r_RM - r_RM') - sigma(beta h)) vanishes, whatever policy samples
+        the pairs. argmax labels are deterministic: no finite minimiser."""
+        if problem.rm_reward is None:
+            return NoTarget("the reward model's score table is not available")
+        labels = "bt" if self.config.label == "bt" else "deterministic"  # type: ignore[attr-defined]
+        return logistic_target(problem, self.config.beta, 0.0, 1.0, score=problem.rm_reward, labels=labels,
+                               what="the DPO loss on reward-model labels")
 
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch, learner: Learner) -> None:

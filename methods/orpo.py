@@ -80,6 +80,7 @@ class ORPO(OfflineMethod):
     config_cls = ORPOConfig  # type: ignore[assignment]  (no beta: swept over lambda)
     data_format = "paired"
     needs_reference = False
+    no_target_reason = ("reference-free: the NLL of the chosen response plus an odds-ratio term; no closed form derived")
     beta_is_kl_coef = False
     sweep_param = "lam"
     # The NLL term alone (lambda -> 0) already moves pi towards the chosen completions; lambda sets how much the

@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from alignbench.api import Panel
+from alignbench.api import NoTarget, Panel, TabularProblem, Target
 from alignbench.config import check_int, check_nonnegative, check_positive, check_range, param
 from alignbench.errors import ConfigError
 from alignbench.online import Learner, OnlineConfig, OnlineMethod, RolloutBatch, clipped_surrogate
 from alignbench.optim import make_optimizer, warmup_schedule
 from alignbench.registry import register_method
+from alignbench.targets import reward_tilt
 
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.api import RunContext
@@ -248,6 +249,13 @@ class PPO(OnlineMethod):
         Panel("PPO updates", (("ppo/approx_kl", "approx KL", "-"), ("ppo/clipfrac", "clip fraction", "--"),
                               ("ppo/explained_variance", "explained variance", ":")), "value"),
     )
+
+    def population_target(self, problem: TabularProblem) -> Target | NoTarget:
+        """pi_ref exp(s/beta)/Z for the score s it is trained on (r_RM; ppo-gt: the gold r), the optimum of
+        E[s] - beta KL (InstructGPT Eq. 2; DPO App. A.1). The adaptive controller moves beta: no fixed target."""
+        if self.config.adaptive_kl:  # type: ignore[attr-defined]
+            return NoTarget("adaptive_kl changes beta during training, so the objective has no fixed optimum")
+        return reward_tilt(problem, self.config.beta, self.needs_reward_model)
 
     def init_models(self, ctx: "RunContext", reward_model: Any) -> dict[str, Any]:
         """The critic: a copy of the reward model (``ppo``), or of the reference with a zero head (no reward

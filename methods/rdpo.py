@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignbench.api import LogpBatch, LossOutput, MethodConfig, OfflineMethod
+from alignbench.api import LogpBatch, LossOutput, MethodConfig, NoTarget, OfflineMethod, TabularProblem, Target
+from alignbench.targets import logistic_target, noisy
 from alignbench.config import check_finite, param
 from alignbench.errors import ConfigError
 from alignbench.paired import paired_output
@@ -65,6 +66,14 @@ class RDPO(OfflineMethod):
     data_format = "paired"
     needs_reference = True
     default_grid = (0.03, 0.1, 0.3, 1.0, 3.0)  # DPO's grid (same beta, same KL axis), compared beta for beta
+
+    def population_target(self, problem: TabularProblem) -> Target | NoTarget:
+        """The de-biased loss has expectation DPO's loss with q_eff = (q_noisy - eps)/(1 - 2 eps): pi*_beta when the
+        assumed eps equals the data's flip rate under BT labels; no finite minimiser where q_eff leaves (0, 1)."""
+        a, b = noisy(problem)
+        eps = self.config.epsilon  # type: ignore[attr-defined]
+        return logistic_target(problem, self.config.beta, (a - eps) / (1 - 2 * eps), b / (1 - 2 * eps),
+                               what="the robust DPO loss")
 
     def compute_loss(self, batch: LogpBatch) -> LossOutput:
         cfg: RDPOConfig = self.config  # type: ignore[assignment]

@@ -26,10 +26,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from alignbench.api import NoTarget, TabularProblem, Target
 from alignbench.config import check_positive, param
 from alignbench.online import (Learner, OnlineMethod, StepConfig, RolloutBatch, check_group_size,
                                clipped_surrogate, grouped, kl_penalized_reward)
 from alignbench.registry import register_method
+from alignbench.targets import reward_tilt
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,11 @@ class RLOO(OnlineMethod):
     needs_preferences = True
     sweep_param = "beta"
     default_grid = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+    def population_target(self, problem: TabularProblem) -> Target | NoTarget:
+        """pi_ref exp(s/beta)/Z for its score s (r_RM; rloo-gt: the gold r): REINFORCE on R = s - beta KL_seq
+        ascends E[s] - beta KL(pi || pi_ref) (RLOO paper Sec. 3; DPO App. A.1)."""
+        return reward_tilt(problem, self.config.beta, self.needs_reward_model)
 
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch, learner: Learner) -> None:

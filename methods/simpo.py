@@ -78,6 +78,7 @@ class SimPO(OfflineMethod):
     config_cls = SimPOConfig
     data_format = "paired"
     needs_reference = False
+    no_target_reason = ("reference-free: no KL to pi_ref, and the margin gamma makes its pairwise target asymmetric; no closed form derived")
     beta_is_kl_coef = False
     # With gamma/beta fixed the target is a per-token margin of 0.55 nats; beta sets how sharply the loss stops
     # once it is reached. Adam normalises the gradient scale, so a small beta (0.3: the sigmoid is still linear at

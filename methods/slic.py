@@ -73,6 +73,7 @@ class SLiC(OfflineMethod):
     config_cls = SLiCConfig  # type: ignore[assignment]  (no beta: swept over delta)
     data_format = "paired"
     needs_reference = False  # the default form; an instance with form "hinge" declares True (see __init__)
+    no_target_reason = ("hinge loss: every policy whose margins exceed delta minimises its pairwise term (no unique optimum)")
     beta_is_kl_coef = False
     sweep_param = "delta"
     # delta is the log-likelihood margin (nats per sequence) past which a pair stops pushing. Pairs of the embedded

@@ -43,7 +43,9 @@ Exact metrics of :meth:`ExactEnv.evaluate_table`: ``reward/gold``, ``kl/ref`` (K
 ``exact/unseen_mass`` (mean over prompts of the policy's mass on responses that occur in no
 training pair of that prompt), ``exact/invalid_mass``, ``policy/length``, and given beta
 ``kl/to_target`` (KL(pi || pi*_beta)) with the target's own ``exact/target_kl`` and
-``exact/target_reward``. Prompts are weighted uniformly. ``per_prompt`` keeps the normalised policy
+``exact/target_reward``; given the run's own population target (:meth:`ExactEnv.target_metrics`,
+docs/targets.md) ``kl/to_own_target``, ``exact/objective_gap`` and ``exact/estimation_gap``.
+Prompts are weighted uniformly. ``per_prompt`` keeps the normalised policy
 table ``logp`` (K x N), the gold ``reward_table`` (K x N) and per-prompt ``reward`` and ``kl``, so
 that head-to-head win rates can be computed exactly later.
 """
@@ -64,7 +66,8 @@ from torch import Tensor, nn
 
 from alignbench import exact as X
 from alignbench import io
-from alignbench.api import EnumerableEnv, EvalResult, GenerationSpec, Task, TaskEnv
+from alignbench.api import (EnumerableEnv, EvalResult, GenerationSpec, TabularProblem, Target, TargetEvaluable, Task,
+                           TaskEnv)
 from alignbench.config import (check_choice, check_int, check_nonnegative, check_positive, check_range,
                                param, stable_hash)
 from alignbench.errors import ConfigError, DataError
@@ -582,14 +585,14 @@ class ExactEnv(TaskEnv):
             "policy/entropy": float(X.entropy(lp)),
             "winrate/vs_ref": float(X.expected(lp, self.win_vs_ref)),
             "winrate/vs_chosen": float((p * self.win_vs_chosen).sum(-1)[self._has_eval_pairs].mean()),
-            "exact/frontier_gap": self.frontier_reward_at(kl_ref) - reward,
+            N.FRONTIER_GAP: self.frontier_reward_at(kl_ref) - reward,
             "exact/unseen_mass": float((p * (~self.seen_in_train)).sum(-1).mean()),
             "exact/invalid_mass": float((1.0 - total.exp()).clamp_min(0).mean()),
             "policy/length": float(self.config.length),
         }
         if beta is not None:
             target = self.optimal_logp(beta)
-            metrics["kl/to_target"] = float(X.kl(lp, target))
+            metrics[N.KL_TO_TARGET] = float(X.kl(lp, target))
             metrics["exact/target_kl"] = float(X.kl(target, ref))
             metrics["exact/target_reward"] = float(X.expected(target, r))
         per_prompt = {
@@ -601,6 +604,24 @@ class ExactEnv(TaskEnv):
                                              torch.full_like(per_prompt_kl, float("nan"))).tolist(),
         }
         return EvalResult(metrics=metrics, per_prompt=per_prompt)
+
+    def tabular_problem(self) -> TabularProblem:
+        """The task as tables for a method's population target (docs/targets.md)."""
+        cfg = self.config
+        return TabularProblem(self.ref_logp_table, self.reward_table, cfg.labels, cfg.label_noise,
+                              lengths=torch.full((self.num_responses,), cfg.length, dtype=torch.long))
+
+    def target_metrics(self, result: EvalResult, target: Target) -> dict[str, float]:
+        """The run against its own target: KL(pi || target), and frontier_gap split into the target's own gap
+        (objective_gap = F(KL(target || ref)) - E_target[r], F the gold frontier) and the rest (estimation_gap)."""
+        lp = result.per_prompt["logp"].double()  # the evaluated table (float32 as saved), renormalised
+        lp = lp - torch.logsumexp(lp, -1, keepdim=True)
+        t = target.logp.double()
+        t_kl = float(X.kl(t, self.ref_logp_table))
+        objective = self.frontier_reward_at(t_kl) - float(X.expected(t, self.reward_table))
+        return {N.KL_TO_OWN_TARGET: float(X.kl(lp, t)), N.OBJECTIVE_GAP: objective,
+                N.ESTIMATION_GAP: result.metrics[N.FRONTIER_GAP] - objective,
+                "exact/own_target_kl": t_kl, "exact/own_target_reward": float(X.expected(t, self.reward_table))}
 
     def head_to_head(self, logp_a: Tensor, logp_b: Tensor) -> float:
         """Exact Bradley-Terry win probability of policy table a against policy table b."""
@@ -718,7 +739,7 @@ def get_reference(cfg: ExactConfig, cache_dir: Path, device: torch.device) -> tu
 class ExactTask(Task):
     description = "enumerable toy task (K prompts x V**L responses): every metric exact, with the optimal reward-KL frontier"
     config_cls = ExactConfig
-    capabilities = (EnumerableEnv,)
+    capabilities = (EnumerableEnv, TargetEvaluable)
     # budgets of the default sweep (3 seeds of every method within 15 minutes on 2 cores, docs/performance.md):
     # 150 offline steps of 64 pairs see the 2,048 training pairs ~4.7 times; evaluations every 25 steps resolve
     # the gold-reward peak for the checkpoint frontiers. Online methods: 100 iterations of 128 rollouts (one

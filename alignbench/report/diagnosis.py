@@ -46,8 +46,22 @@ def _multi_step(runs: list[RunData]) -> bool:
 def method_gao_fit(runs: list[RunData]) -> D.GaoFit | None:
     """Gao et al.'s RL form fitted to every evaluation point (gold reward, KL) of a method's runs on a
     task (steps of training and sweep values together); the best-of-N form for single-step methods."""
-    kl, rew, r0 = [], [], []
     multi = _multi_step(runs)
+    return gao_fit_points(*gao_points(runs, multi), multi)
+
+
+def gao_fit_points(kl: list[float], rew: list[float], r0: list[float], multi: bool) -> D.GaoFit | None:
+    """The fit of :func:`method_gao_fit` on points from :func:`gao_points` (None when there are too few)."""
+    ref = float(np.mean(r0)) if r0 else None
+    try:
+        return D.fit_gao_rl(kl, rew, ref) if multi else D.fit_gao_bon(kl, rew, ref)
+    except ValueError:
+        return None
+
+
+def gao_points(runs: list[RunData], multi: bool) -> tuple[list[float], list[float], list[float]]:
+    """(KL, gold reward) of every evaluation of ``runs`` (after step 0 when ``multi``), and the step-0 rewards."""
+    kl, rew, r0 = [], [], []
     for r in runs:
         m = r.metrics
         if D.GOLD not in m or D.KL not in m:
@@ -58,11 +72,7 @@ def method_gao_fit(runs: list[RunData]) -> D.GaoFit | None:
             d = d[d["step"] > 0]
         kl += list(d[D.KL])
         rew += list(d[D.GOLD])
-    ref = float(np.mean(r0)) if r0 else None
-    try:
-        return D.fit_gao_rl(kl, rew, ref) if multi else D.fit_gao_bon(kl, rew, ref)
-    except ValueError:
-        return None
+    return kl, rew, r0
 
 
 def plot_method_diagnostics(out: Path, task: str, method: str, runs: list[RunData], fit: D.GaoFit | None,
