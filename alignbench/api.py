@@ -313,6 +313,11 @@ class TaskEnv(ABC):
         so that per-run files stay small and the report can be rebuilt from the files alone."""
         return {}
 
+    def stored_arrays(self, per_prompt: dict[str, Any]) -> dict[str, Any]:
+        """A run's per-prompt arrays as written to its folder (``eval_final.npz``); a task may store large tables
+        compactly here (the exact task: float16 log-prob tables), while the run itself keeps full precision."""
+        return per_prompt
+
     def describe(self) -> dict[str, Any]:
         """Facts for the report (sizes, estimators, temperature)."""
         return {"kl_estimator": self.kl_estimator}

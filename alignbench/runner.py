@@ -331,7 +331,7 @@ def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, devic
     steps = int(logger.rows[-1]["step"]) if logger.rows else 0
     summary = summarize(spec, ctx, status, reason, time.perf_counter() - t0, steps)
     if ctx.last_eval is not None and ctx.last_eval.per_prompt is not None:
-        io.save_arrays(run_dir / EVAL_FINAL, ctx.last_eval.per_prompt)
+        io.save_arrays(run_dir / EVAL_FINAL, env.stored_arrays(ctx.last_eval.per_prompt))
     io.write_json(run_dir / RUN_SUMMARY, summary)
     for leftover in (ctx.checkpoint_path, ctx.checkpoint_path.with_suffix(".sha256")):
         leftover.unlink(missing_ok=True)  # the run is complete: its checkpoint is no longer needed

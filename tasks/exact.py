@@ -599,11 +599,15 @@ class ExactEnv(TaskEnv):
             "prompts": list(self.prompt_strings),
             "reward": (p * r).sum(-1).tolist(),
             "kl": per_prompt_kl.tolist(),
-            "logp": io.compact_logp(lp),  # float16, floor -16; the reward table is saved once per sweep (artifacts())
+            "logp": lp.float(),  # stored as float16 (stored_arrays); the reward table is saved once per sweep (artifacts())
             "winrate_vs_chosen": torch.where(self._has_eval_pairs, (p * self.win_vs_chosen).sum(-1),
                                              torch.full_like(per_prompt_kl, float("nan"))).tolist(),
         }
         return EvalResult(metrics=metrics, per_prompt=per_prompt)
+
+    def stored_arrays(self, per_prompt: dict[str, Any]) -> dict[str, Any]:
+        """The log-prob table is stored float16 with a floor (:func:`alignbench.io.compact_logp`, ~12 KB a run)."""
+        return {**per_prompt, "logp": io.compact_logp(per_prompt["logp"])} if "logp" in per_prompt else per_prompt
 
     def tabular_problem(self) -> TabularProblem:
         """The task as tables for a method's population target (docs/targets.md)."""
