@@ -144,6 +144,12 @@ class Method(ABC):
     # optimises (DPO, IPO, KTO, PPO, ...): the sweep's ``betas`` apply to it, summary.csv's ``beta`` column shows it
     # and exact tasks measure KL to pi*_beta. False where ``beta`` is only a scale (SimPO), or where there is no beta.
     beta_is_kl_coef: ClassVar[bool] = True
+    # the checkpoint a practitioner would keep, chosen without the gold reward: (logged metric, "min" | "max"), the
+    # evaluation where it is best (earliest on ties) is the run's early-stopped policy (``docs/checkpoints.md``);
+    # None: the method declares none (e.g. best-of-N, which does not train) and has no early-stopped policy.
+    # ``early_stop_oracle``: the signal is the gold reward itself (methods trained on it), so the choice is an oracle.
+    early_stop_signal: ClassVar[tuple[str, str] | None] = None
+    early_stop_oracle: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig):
         self.config = config
@@ -163,7 +169,9 @@ class Method(ABC):
     def report_info(cls) -> dict[str, Any]:
         """The declarations the report reads (saved per method in ``sweep.json``)."""
         return {"sweep_param": cls.sweep_param, "data_format": cls.data_format, "proxy_metric": cls.proxy_metric,
-                "proxy_curve": cls.proxy_curve, "panels": [p.as_dict() for p in cls.diagnostic_panels]}
+                "proxy_curve": cls.proxy_curve, "panels": [p.as_dict() for p in cls.diagnostic_panels],
+                "early_stop_signal": list(cls.early_stop_signal) if cls.early_stop_signal else None,
+                "early_stop_oracle": cls.early_stop_oracle}
 
     def run(self, ctx: "RunContext") -> None:
         """Train (or build) the policy, logging through ``ctx``; the harness writes the summary.
@@ -191,6 +199,7 @@ class OfflineMethod(Method):
 
     proxy_metric = "logratio/margin"  # the implicit reward margin on held-out pairs
     diagnostic_panels = OFFLINE_PANELS
+    early_stop_signal = ("eval/loss", "min")  # the method's own loss on held-out pairs (logged at every evaluation)
 
     @abstractmethod
     def compute_loss(self, batch: LogpBatch) -> LossOutput: ...

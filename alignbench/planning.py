@@ -32,6 +32,9 @@ class SweepConfig:
                                      "crossed with the axis, e.g. {dpo.lr: [1e-4, 1e-3]}")
     seeds: tuple[int, ...] = param((0,), "random seeds; each cell of the grid runs once per seed")
     steps: int | None = param(None, "optimizer steps per run; default: the task's")
+    eval_every: int | None = param(None, "evaluate every this many steps or iterations (and at the last): the "
+                                         "checkpoints an early-stopped or envelope frontier can choose from; "
+                                         "default: the task's (train_args.eval_every is overridden)")
     out: str = param("results/default", "results folder")
     device: str = param("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
     cache_dir: str = param(".cache/alignbench", "cache of reference models, reference log-probs, reward models")
@@ -64,6 +67,8 @@ class SweepConfig:
             check_int(f"seeds[{i}]", s, 0)
         if self.steps is not None:
             check_int("steps", self.steps, 1)
+        if self.eval_every is not None:
+            check_int("eval_every", self.eval_every, 1)
         if not self.out:
             raise ConfigError("out", "must name a folder")
         out = Path(self.out)
@@ -165,6 +170,8 @@ def plan(cfg: SweepConfig) -> Plan:
         train_over = dict(cfg.train_args)
         if cfg.steps is not None:
             train_over["steps"] = cfg.steps
+        if cfg.eval_every is not None:
+            train_over["eval_every"] = cfg.eval_every
         train = task.train_config(train_over)
         for mname in _method_names(cfg, task_cls):
             method_cls = get_method(mname)

@@ -30,6 +30,7 @@ from alignbench.config import check_positive, param
 from alignbench.online import (Learner, OnlineMethod, StepConfig, RolloutBatch, check_group_size,
                                clipped_surrogate, grouped, kl_penalized_reward)
 from alignbench.registry import register_method
+from alignbench.report import names as N
 
 
 @dataclass(frozen=True)
@@ -110,3 +111,5 @@ class RLOOGoldReward(RLOO):
     needs_preferences = False
     proxy_metric = None  # optimises the gold reward itself: no proxy
     proxy_curve = None
+    early_stop_signal = (N.ONLINE_GOLD_REWARD, "max")  # its training reward is the gold reward: an oracle choice
+    early_stop_oracle = True

@@ -30,3 +30,5 @@ TRAIN_ACC = "train/implicit_acc"
 LOGRATIO_CHOSEN = "logratio/chosen"
 LOGRATIO_REJECTED = "logratio/rejected"
 LOGRATIO_MARGIN = "logratio/margin"
+ONLINE_RM_REWARD = "online/rm_reward"  # the learned reward model's mean score of an online method's rollouts
+ONLINE_GOLD_REWARD = "online/gold_reward"  # the gold reward of the same rollouts
