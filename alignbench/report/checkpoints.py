@@ -135,7 +135,7 @@ def point_sets(table: pd.DataFrame, task: str, choice: str, reference: Mapping[t
     run's chosen one; envelope: every evaluation), plus the reference (0, its reward) where known."""
     t = table[table["task"] == task]
     if choice != ENVELOPE:
-        t = t[t["final" if choice == FINAL else "early"]]
+        t = t[t["final" if choice == FINAL else "early"].astype(bool)]
     out: dict[str, dict[Any, tuple[np.ndarray, np.ndarray]]] = {}
     for (method, seed), g in t.groupby(["method", "seed"], sort=True):
         kl, rw = g["kl"].to_numpy(float), g["reward"].to_numpy(float)
@@ -152,7 +152,7 @@ def choice_summary(summary: pd.DataFrame, table: pd.DataFrame, choice: str) -> p
     ok = summary[summary["status"] == "ok"]
     if choice == FINAL:
         return ok
-    pick = table[table["early"]].set_index("run_id")
+    pick = table[table["early"].astype(bool)].set_index("run_id")
     s = ok[ok["run_id"].astype(str).isin(pick.index)]
     s = s[[c for c in s.columns if c in BASE_COLUMNS or c in ("kl_is_bound", EARLY_STEP)]].copy()  # no final metrics
     rid = s["run_id"].astype(str)
@@ -194,7 +194,7 @@ def build_checkpoints(summary: pd.DataFrame, table: pd.DataFrame, methods_info: 
         rows.append({"table": "signal", "method": m, "signal": s[0] if s else "", "mode": s[1] if s else "",
                      "oracle": bool(methods_info.get(m, {}).get("early_stop_oracle", False))})
     for rid, g in table.groupby("run_id", sort=True):
-        e = g[g["early"]]
+        e = g[g["early"].astype(bool)]
         rows.append({"table": "run", "run_id": rid, "task": g["task"].iloc[0], "method": g["method"].iloc[0],
                      "seed": g["seed"].iloc[0], "early_step": float(e["step"].iloc[0]) if len(e) else float("nan"),
                      "final_step": float(g.loc[g["final"], "step"].iloc[0]), "fallback": bool(g["fallback"].iloc[0])})

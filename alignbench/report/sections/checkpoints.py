@@ -17,7 +17,7 @@ from ..core import ReportContext, register_section
 from ..ranking import reference_rewards, verdict
 from ..render import md_table, save_figure, slug, theme
 from ..schema import CHECKPOINTS_CSV, WINRATES_EARLY_CSV, ResultsData
-from ..winrates import fmt_ci, matched_kl_rows, matrix_markdown, units
+from ..winrates import CSV_COLUMNS, fmt_ci, matched_kl_rows, matrix_markdown, units
 
 PREFIX = "checkpoints_"
 STYLE = {C.FINAL: ("tab:blue", "-"), C.EARLY: ("tab:green", "--"), C.ENVELOPE: ("grey", ":")}
@@ -37,7 +37,8 @@ def build(ctx: ReportContext) -> dict:
         rows = C.build_checkpoints(ctx.summary, table, info, reference, ctx.ranking)
         io.write_text(ctx.out / CHECKPOINTS_CSV, rows.to_csv(index=False))
         early = C.choice_summary(ctx.summary, table, C.EARLY)
-        wr = pd.DataFrame(matched_kl_rows(ResultsData(ctx.out, early, policy="early"), units(early)))
+        wr = pd.DataFrame(matched_kl_rows(ResultsData(ctx.out, early, policy="early"), units(early)),
+                          columns=CSV_COLUMNS)
         io.write_text(ctx.out / WINRATES_EARLY_CSV, wr.to_csv(index=False))
         return {"table": table, "rows": rows, "reference": reference, "winrates": wr}
 
@@ -215,7 +216,7 @@ def section_checkpoints(ctx: ReportContext) -> str:
         else:
             parts.append("No matched-KL win rates of early-stopped policies (no per-prompt results of them: "
                          "`eval_early.npz`, or fewer than two methods near a budget).\n")
-    parts.append("### Findings on checkpoints\n")
+    parts.append("### What the checkpoints show\n")
     parts.append("Gaps are stated with their interval only where it excludes 0, else as not distinguishable; "
                  "final − early-stopped below 0 is the cost of training too long. Verdict changes list the pairs whose "
                  "comparison differs between final and early-stopped policies.\n")
