@@ -168,6 +168,9 @@ def section_checkpoints(ctx: ReportContext) -> str:
         "early-stop signal": [f"{s} ({mo})" if s else "none: no early-stopped policy" for s, mo in
                               zip(sig["signal"].fillna(""), sig["mode"].fillna(""))],
         "oracle": ["**yes**: its training reward is the gold reward" if o else "no" for o in sig["oracle"]]})))
+    if not any("early_stop_signal" in v for v in ctx.meta.get("methods", {}).values()):
+        parts.append("`sweep.json` records no early-stop signals (a folder written before methods declared them): "
+                     "no early-stopped policies; the envelope is shown.\n")
     runs = rows[rows["table"] == "run"]
     fb = runs[runs["fallback"].astype(bool)]
     if len(fb):
