@@ -29,7 +29,7 @@ from .api import EvalResult, Method, OfflineMethod, TaskEnv
 from .config import TrainConfig, non_default, stable_hash, to_dict
 from .distributed import is_main_process
 from .errors import TrainingFailure
-from .report.checkpoints import early_stop_choice
+from .report.checkpoints import best_index
 from .report.schema import EARLY_STEP, EVAL_EARLY, EVAL_FINAL, RUN_SUMMARY, SUMMARY_KEYS
 
 def configure_threads(device: torch.device) -> None:
@@ -158,7 +158,7 @@ class RunContext:
         signal = self.method.early_stop_signal
         if signal is None or result.per_prompt is None:
             return
-        i = early_stop_choice(self.logger.rows, *signal)
+        i = best_index([r.get(signal[0]) for r in self.logger.rows], signal[1])  # rows are logged in step order
         if i is not None and i == len(self.logger.rows) - 1:
             self.early = {"step": int(step), "per_prompt": result.per_prompt}
             self.extra_summary[EARLY_STEP] = int(step)

@@ -181,7 +181,7 @@ def test_report_section_with_one_and_several_seeds(tmp_path, n_seeds):
     assert (gap["n_seeds"] == n_seeds).all()
     assert (out / "checkpoints_t.png").exists() and "![checkpoints_t.png]" in sec
     if n_seeds == 1:
-        assert gap["ci_low"].isna().all() and "one seed: no interval, no claim" in sec
+        assert gap["ci_low"].isna().all() and "no interval and no claim (one seed)" in sec
     else:
         assert gap["ci_low"].notna().all()
         assert ("not distinguishable with 3 seeds" in sec) or ("(n=3)" in sec)

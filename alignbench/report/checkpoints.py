@@ -47,12 +47,19 @@ def early_stop_choice(rows: pd.DataFrame | Sequence[dict[str, Any]], signal: str
     training reward yet). A signal that never improves on its first value chooses its first row: on the offline
     loop the step-0 evaluation, the reference policy itself.
     """
-    if mode not in MODES:
-        raise ValueError(f"early_stop_choice: mode must be 'min' or 'max', got {mode!r}")
+    best_index([], mode)  # checks the mode
     df = as_frame(rows)
     if signal not in df:
         return None
-    v = pd.to_numeric(df[signal], errors="coerce").to_numpy(float)
+    return best_index(pd.to_numeric(df[signal], errors="coerce").to_numpy(float), mode)
+
+
+def best_index(values: Sequence[float | None], mode: str) -> int | None:
+    """Position of the lowest ("min") or highest ("max") finite value of ``values`` (N,), the first on ties; None
+    where none is finite. (What :func:`early_stop_choice` applies to rows in step order.)"""
+    if mode not in MODES:
+        raise ValueError(f"early-stop signal: mode must be 'min' or 'max', got {mode!r}")
+    v = np.asarray(values, dtype=float)
     ok = np.isfinite(v)
     if not ok.any():
         return None
