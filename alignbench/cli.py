@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "wins); best-of-N has none (default: the task's)")
     sw.add_argument("--eval-every", help="evaluate every N steps or iterations (and at the last step); the "
                                          "checkpoints the report's early-stopped and envelope frontiers choose "
-                                         "from (default: the task's, 50 on exact and sentiment)")
+                                         "from (default: the task's; a run's value is in its config.json, "
+                                         "train.eval_every)")
     sw.add_argument("--out", help="results folder (default: results/default); a folder made by another sweep "
                                   "(sweep.json) is refused unless --force")
     sw.add_argument("--force", action="store_true", help="add this sweep's runs to a folder made by another sweep")

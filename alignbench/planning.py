@@ -136,6 +136,15 @@ def _compatible(method_cls: type[Method], task_cls: type[Task]) -> str | None:
     return None
 
 
+def _bad_signal(method_cls: type[Method]) -> str | None:
+    """Why a method's ``early_stop_signal`` declaration is unusable (None: it is (metric, "min" | "max") or None)."""
+    sig = method_cls.early_stop_signal
+    if sig is None or (isinstance(sig, (tuple, list)) and len(sig) == 2 and isinstance(sig[0], str)
+                       and sig[1] in ("min", "max")):
+        return None
+    return f"method '{method_cls.name}': early_stop_signal must be (metric, 'min' or 'max') or None, got {sig!r}"
+
+
 def plan(cfg: SweepConfig) -> Plan:
     """Resolve every run of the sweep (configs built and validated; nothing written)."""
     from .models import select_device
@@ -175,7 +184,7 @@ def plan(cfg: SweepConfig) -> Plan:
         train = task.train_config(train_over)
         for mname in _method_names(cfg, task_cls):
             method_cls = get_method(mname)
-            why = _compatible(method_cls, task_cls)
+            why = _compatible(method_cls, task_cls) or _bad_signal(method_cls)
             if why:
                 raise AlignbenchError(why)
             if world_size() > 1 and method_cls.data_format == "online":

@@ -207,3 +207,17 @@ def test_eval_every_is_a_sweep_setting(tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["sweep", "--methods", "dpo", "--eval-every", "0", "--out", str(out)]) != 0
     assert "eval_every" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_bad_early_stop_declaration_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    from alignbench.errors import AlignbenchError
+    from alignbench.registry import get_method
+
+    monkeypatch.setattr(get_method("dpo"), "early_stop_signal", ("eval/loss", "lowest"))
+    out = tmp_path / "never"
+    with pytest.raises(AlignbenchError, match="early_stop_signal must be"):
+        from alignbench.config import from_mapping
+        from alignbench.sweep import SweepConfig, plan
+
+        plan(from_mapping(SweepConfig, {"out": str(out), "methods": ["dpo"], "betas": [0.1]}))
+    assert not out.exists()
