@@ -93,7 +93,12 @@ def _gap_words(r: pd.Series, what: str) -> str:
     n = int(r["n_seeds"])
     if not (r["ci_low"] > 0 or r["ci_high"] < 0):
         return f"{what}: not distinguishable with {_n(n)} ({fmt_ci(r['score'], r['ci_low'], r['ci_high'])})"
-    return f"{what} = {fmt_ci(r['score'], r['ci_low'], r['ci_high'])} (n={n})"
+    d = float(r["score"])
+    if what == C.GAPS[0][0]:
+        lead = f"training to the end {'costs' if d < 0 else 'gains'} {abs(d):.3g} frontier score"
+    else:
+        lead = f"the signal leaves {abs(d):.3g} frontier score to the oracle envelope" if d < 0 else "above the envelope"
+    return f"{lead}: {what} = {fmt_ci(d, r['ci_low'], r['ci_high'])} (n={n} seeds, paired)"
 
 
 def _wr_verdict(r: pd.Series | None) -> str:
@@ -123,14 +128,22 @@ def ranking_changes(rows: pd.DataFrame, task: str) -> list[str]:
     return out
 
 
+def _pairs(df: pd.DataFrame, table: str, task: str) -> dict[tuple[str, str], pd.Series]:
+    """(method_a, method_b) -> its row of a win-rate table, one order of each pair (A before B by name)."""
+    d = df[(df["table"] == table) & (df["task"] == task)]
+    return {(r["method_a"], r["method_b"]): r for _, r in d.iterrows() if str(r["method_a"]) < str(r["method_b"])}
+
+
+def _ci_cell(df: pd.DataFrame) -> str:
+    return fmt_ci(*df[["score", "ci_low", "ci_high"]].iloc[0]) if len(df) else "excluded (no signal)"
+
+
 def winrate_changes(final: pd.DataFrame, early: pd.DataFrame, task: str) -> list[str]:
     out = []
     for table in sorted(set(final.get("table", [])) | set(early.get("table", []))):
         if not str(table).startswith("kl"):
             continue
-        pick = lambda df: {(r["method_a"], r["method_b"]): r for _, r in df[(df["table"] == table) & (df["task"] == task)].iterrows()  # noqa: E731
-                           if str(r["method_a"]) < str(r["method_b"])}
-        f, e = pick(final), pick(early)
+        f, e = _pairs(final, table, task), _pairs(early, table, task)
         for pair in sorted(set(f) & set(e)):  # pairs compared at both choices
             vf, ve = _wr_verdict(f[pair]), _wr_verdict(e[pair])
             if vf.split(" (")[0] != ve.split(" (")[0]:
@@ -186,19 +199,19 @@ def section_checkpoints(ctx: ReportContext) -> str:
         if not (math.isfinite(lo) and math.isfinite(hi)):
             parts.append("No KL range is reached by every method in every seed: no scores.\n")
             continue
+        parts.append(f"KL range of the scores: {lo:.3g}–{hi:.3g} nats.")
         r = runs[(runs["task"] == task) & runs["early_step"].notna()]
         if len(r):
-            parts.append(f"KL range of the scores: {lo:.3g}–{hi:.3g} nats. Step of the early-stopped policies: median "
-                         f"{np.median(r['early_step']):.0f} of a median last step {np.median(r['final_step']):.0f} "
-                         f"over {len(r)} runs; {int((r['early_step'] < r['final_step']).sum())} stopped before their "
-                         "last evaluation.\n")
+            parts.append(f"Step of the early-stopped policies: median {np.median(r['early_step']):.0f} of a median last "
+                         f"step {np.median(r['final_step']):.0f} over {len(r)} runs; "
+                         f"{int((r['early_step'] < r['final_step']).sum())} stopped before their last evaluation.")
+        parts.append("")
         tab = []
         for m, g in sc.groupby("method", sort=True):
             cell = {c: g[g["choice"] == c] for c in C.CHOICES}
             gp = rows[(rows["table"] == "gap") & (rows["task"] == task) & (rows["method"] == m)].set_index("comparison")
-            ci = lambda x: fmt_ci(*x[["score", "ci_low", "ci_high"]].iloc[0]) if len(x) else "excluded (no signal)"  # noqa: E731
-            tab.append({"method": m, "seeds": int(cell[C.FINAL]["n_seeds"].iloc[0]),
-                        "final": ci(cell[C.FINAL]), "early-stopped": ci(cell[C.EARLY]), "envelope (oracle)": ci(cell[C.ENVELOPE]),
+            tab.append({"method": m, "seeds": int(cell[C.FINAL]["n_seeds"].iloc[0]), "final": _ci_cell(cell[C.FINAL]),
+                        "early-stopped": _ci_cell(cell[C.EARLY]), "envelope (oracle)": _ci_cell(cell[C.ENVELOPE]),
                         **{name: (fmt_ci(*gp.loc[name, ["score", "ci_low", "ci_high"]]) if name in gp.index else "")
                            for name, _, _ in C.GAPS}})
             for name, _, _ in C.GAPS:
