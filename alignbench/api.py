@@ -184,6 +184,12 @@ class Method(ABC):
     beta_is_kl_coef: ClassVar[bool] = True
     # why the method has no population target (:meth:`population_target`'s default answer), one sentence
     no_target_reason: ClassVar[str] = "not declared"
+    # the checkpoint a practitioner would keep, chosen without the gold reward: (logged metric, "min" | "max"), the
+    # evaluation where it is best (earliest on ties) is the run's early-stopped policy (``docs/checkpoints.md``);
+    # None: the method declares none (e.g. best-of-N, which does not train) and has no early-stopped policy.
+    # ``early_stop_oracle``: the signal is the gold reward itself (methods trained on it), so the choice is an oracle.
+    early_stop_signal: ClassVar[tuple[str, str] | None] = None
+    early_stop_oracle: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig):
         self.config = config
@@ -204,7 +210,9 @@ class Method(ABC):
         """The declarations the report reads (saved per method in ``sweep.json``)."""
         return {"sweep_param": cls.sweep_param, "data_format": cls.data_format, "proxy_metric": cls.proxy_metric,
                 "proxy_curve": cls.proxy_curve, "panels": [p.as_dict() for p in cls.diagnostic_panels],
-                "needs_reward_model": cls.needs_reward_model}
+                "needs_reward_model": cls.needs_reward_model,
+                "early_stop_signal": list(cls.early_stop_signal) if cls.early_stop_signal else None,
+                "early_stop_oracle": cls.early_stop_oracle}
 
     def population_target(self, problem: TabularProblem) -> "Target | NoTarget":
         """The policy this method's objective is minimised by in the population limit (infinite data, a tabular
@@ -239,6 +247,7 @@ class OfflineMethod(Method):
 
     proxy_metric = "logratio/margin"  # the implicit reward margin on held-out pairs
     diagnostic_panels = OFFLINE_PANELS
+    early_stop_signal = ("eval/loss", "min")  # the method's own loss on held-out pairs (logged at every evaluation)
 
     @abstractmethod
     def compute_loss(self, batch: LogpBatch) -> LossOutput: ...

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--steps", help="training budget of every run: optimizer steps, or iterations for methods "
                                     "counted in iterations (ppo, ppo-gt; an explicit --method-arg ppo.iterations "
                                     "wins); best-of-N has none (default: the task's)")
+    sw.add_argument("--eval-every", help="evaluate every N steps or iterations (and at the last step); the "
+                                         "checkpoints the report's early-stopped and envelope frontiers choose "
+                                         "from (default: the task's; a run's value is in its config.json, "
+                                         "train.eval_every)")
     sw.add_argument("--out", help="results folder (default: results/default); a folder made by another sweep "
                                   "(sweep.json) is refused unless --force")
     sw.add_argument("--force", action="store_true", help="add this sweep's runs to a folder made by another sweep")
@@ -170,7 +174,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {
         "tasks": _csv(args.tasks, "--task"), "methods": _csv(args.methods, "--methods"),
-        "betas": _numbers(args.betas, "--betas"), "seeds": _numbers(args.seeds, "--seeds"), "data_seeds": _numbers(args.data_seeds, "--data-seeds"), "steps": args.steps, "out": args.out, "device": args.device,
+        "betas": _numbers(args.betas, "--betas"), "seeds": _numbers(args.seeds, "--seeds"), "data_seeds": _numbers(args.data_seeds, "--data-seeds"), "steps": args.steps, "eval_every": args.eval_every, "out": args.out, "device": args.device,
         "cache_dir": args.cache_dir or os.environ.get("ALIGNBENCH_CACHE"),
         "report_to": _csv(args.report_to), "plugins": _csv(args.plugins),
         "workers": args.workers, "runs_per_gpu": args.runs_per_gpu, "executor": args.executor, "ray_address": args.ray_address,

@@ -299,6 +299,9 @@ class OnlineMethod(Method):
     # the gold reward itself declares no proxy (proxy_metric = proxy_curve = None)
     proxy_metric: ClassVar[str | None] = "online/rm_reward"
     proxy_curve: ClassVar[str | None] = "online/rm_reward"
+    # the checkpoint kept without the gold reward: the reward model's mean score of the rollouts since the last
+    # evaluation (methods on the gold reward override it with online/gold_reward, an oracle signal)
+    early_stop_signal: ClassVar[tuple[str, str] | None] = (N.ONLINE_RM_REWARD, "max")
     diagnostic_panels = (Panel("proxy and gold reward (rollouts)", (("online/rm_reward", "RM (proxy)", "-"),
                                                                     ("online/gold_reward", "gold", "--")), "reward"),)
 

@@ -37,6 +37,9 @@ class SweepConfig:
                                             "preference sample and so the reward model trained on it; the reference, "
                                             "gold reward and prompts stay); empty = the task's own data (docs/budgets.md)")
     steps: int | None = param(None, "optimizer steps per run; default: the task's")
+    eval_every: int | None = param(None, "evaluate every this many steps or iterations (and at the last): the "
+                                         "checkpoints an early-stopped or envelope frontier can choose from; "
+                                         "default: the task's (train_args.eval_every is overridden)")
     out: str = param("results/default", "results folder")
     device: str = param("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
     cache_dir: str = param(".cache/alignbench", "cache of reference models, reference log-probs, reward models")
@@ -73,6 +76,8 @@ class SweepConfig:
             check_int(f"data_seeds[{i}]", s, 0)
         if self.steps is not None:
             check_int("steps", self.steps, 1)
+        if self.eval_every is not None:
+            check_int("eval_every", self.eval_every, 1)
         if not self.out:
             raise ConfigError("out", "must name a folder")
         out = Path(self.out)
@@ -146,6 +151,15 @@ def _compatible(method_cls: type[Method], task_cls: type[Task]) -> str | None:
     return None
 
 
+def _bad_signal(method_cls: type[Method]) -> str | None:
+    """Why a method's ``early_stop_signal`` declaration is unusable (None: it is (metric, "min" | "max") or None)."""
+    sig = method_cls.early_stop_signal
+    if sig is None or (isinstance(sig, (tuple, list)) and len(sig) == 2 and isinstance(sig[0], str)
+                       and sig[1] in ("min", "max")):
+        return None
+    return f"method '{method_cls.name}': early_stop_signal must be (metric, 'min' or 'max') or None, got {sig!r}"
+
+
 def plan(cfg: SweepConfig) -> Plan:
     """Resolve every run of the sweep (configs built and validated; nothing written)."""
     from .models import select_device
@@ -182,10 +196,12 @@ def plan(cfg: SweepConfig) -> Plan:
         train_over = dict(cfg.train_args)
         if cfg.steps is not None:
             train_over["steps"] = cfg.steps
+        if cfg.eval_every is not None:
+            train_over["eval_every"] = cfg.eval_every
         train = task.train_config(train_over)
         for mname in _method_names(cfg, task_cls):
             method_cls = get_method(mname)
-            why = _compatible(method_cls, task_cls)
+            why = _compatible(method_cls, task_cls) or _bad_signal(method_cls)
             if why:
                 raise AlignbenchError(why)
             if world_size() > 1 and method_cls.data_format == "online":

@@ -31,8 +31,9 @@ from .config import TrainConfig, non_default, stable_hash, to_dict
 from .distributed import is_main_process
 from .errors import TrainingFailure
 from .report import names as N
+from .report.checkpoints import best_index
 from .report.convergence import run_convergence
-from .report.schema import EVAL_FINAL, RUN_SUMMARY, SUMMARY_KEYS
+from .report.schema import EARLY_STEP, EVAL_EARLY, EVAL_FINAL, RUN_SUMMARY, SUMMARY_KEYS
 
 def configure_threads(device: torch.device) -> None:
     """One torch thread on CPU unless OMP_NUM_THREADS says otherwise: the embedded tasks' models are
@@ -132,6 +133,8 @@ class RunContext:
     extra_summary: dict[str, Any] = field(default_factory=dict)
     compute: Compute = field(default_factory=Compute)  # what the run spent (alignbench.compute)
     own_target: Target | NoTarget | None = None  # the method's population target (resolved at the first evaluation)
+    # the best evaluation so far by the method's early_stop_signal: {"step", "per_prompt"} (kept in checkpoints)
+    early: dict[str, Any] | None = None
 
     @property
     def train(self) -> TrainConfig:
@@ -157,7 +160,19 @@ class RunContext:
         row = {"step": step, **(extra or {}), **result.metrics, N.COMPUTE_BUDGET: self.compute.summary()[N.COMPUTE_BUDGET]}
         self.logger.log(row)
         self.last_eval = result
+        self._keep_if_early(step, result)
         return row
+
+    def _keep_if_early(self, step: int, result: EvalResult) -> None:
+        """Keep this evaluation's per-prompt results if the method's early-stop signal chooses it so far (written
+        as ``eval_early.npz`` at the end, see :mod:`alignbench.report.checkpoints`)."""
+        signal = self.method.early_stop_signal
+        if signal is None or result.per_prompt is None:
+            return
+        i = best_index([r.get(signal[0]) for r in self.logger.rows], signal[1])  # rows are logged in step order
+        if i is not None and i == len(self.logger.rows) - 1:
+            self.early = {"step": int(step), "per_prompt": result.per_prompt}
+            self.extra_summary[EARLY_STEP] = int(step)
 
     def evaluate(self, policy: nn.Module, step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate ``policy`` on the task (exactly or by sampling) and log one metrics row."""
@@ -184,7 +199,7 @@ class RunContext:
         state = {"step": step, "config_hash": stable_hash(self.spec.resolved()),
                  "modules": {k: m.state_dict() for k, m in modules.items()}, "extra": extra,
                  "rows": self.logger.rows, "torch_rng": torch.get_rng_state(),
-                 "compute": self.compute.state_dict()}
+                 "compute": self.compute.state_dict(), "early": self.early}
         buf = _io.BytesIO()
         torch.save(state, buf)
         io.write_bytes(self.checkpoint_path, buf.getvalue())
@@ -213,6 +228,9 @@ class RunContext:
         extra.update(state["extra"])
         self.logger.rows = list(state["rows"])
         self.compute.load_state_dict(state.get("compute", {}))
+        self.early = state.get("early")
+        if self.early is not None:
+            self.extra_summary[EARLY_STEP] = int(self.early["step"])
         if self.logger.write:
             io.write_jsonl(self.logger.path, self.logger.rows)
         torch.set_rng_state(state["torch_rng"])
@@ -332,6 +350,10 @@ def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, devic
     summary = summarize(spec, ctx, status, reason, time.perf_counter() - t0, steps)
     if ctx.last_eval is not None and ctx.last_eval.per_prompt is not None:
         io.save_arrays(run_dir / EVAL_FINAL, env.stored_arrays(ctx.last_eval.per_prompt))
+    if status == "ok" and ctx.early is not None and ctx.early["step"] != steps:  # else eval_final is it
+        io.save_arrays(run_dir / EVAL_EARLY, {**env.stored_arrays(ctx.early["per_prompt"]), "step": ctx.early["step"]})
+    else:
+        (run_dir / EVAL_EARLY).unlink(missing_ok=True)  # a stale one from an earlier attempt
     io.write_json(run_dir / RUN_SUMMARY, summary)
     for leftover in (ctx.checkpoint_path, ctx.checkpoint_path.with_suffix(".sha256")):
         leftover.unlink(missing_ok=True)  # the run is complete: its checkpoint is no longer needed

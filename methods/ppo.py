@@ -37,6 +37,7 @@ from alignbench.online import Learner, OnlineConfig, OnlineMethod, RolloutBatch,
 from alignbench.optim import make_optimizer, warmup_schedule
 from alignbench.registry import register_method
 from alignbench.targets import reward_tilt
+from alignbench.report import names as N
 
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.api import RunContext
@@ -345,3 +346,5 @@ class PPOGoldReward(PPO):
     needs_preferences = False
     proxy_metric = None  # optimises the gold reward itself: no proxy
     proxy_curve = None
+    early_stop_signal = (N.ONLINE_GOLD_REWARD, "max")  # its training reward is the gold reward: an oracle choice
+    early_stop_oracle = True

@@ -32,6 +32,7 @@ from alignbench.online import (Learner, OnlineMethod, StepConfig, RolloutBatch, 
                                clipped_surrogate, grouped, kl_penalized_reward)
 from alignbench.registry import register_method
 from alignbench.targets import reward_tilt
+from alignbench.report import names as N
 
 
 @dataclass(frozen=True)
@@ -117,3 +118,5 @@ class RLOOGoldReward(RLOO):
     needs_preferences = False
     proxy_metric = None  # optimises the gold reward itself: no proxy
     proxy_curve = None
+    early_stop_signal = (N.ONLINE_GOLD_REWARD, "max")  # its training reward is the gold reward: an oracle choice
+    early_stop_oracle = True

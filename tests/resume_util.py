@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .test_sweep import sweep_args
@@ -103,6 +104,19 @@ def assert_same_results(a: Path, b: Path) -> None:
     for run in ma:
         assert ma[run] == mb[run], f"{run}: metrics differ"
     pd.testing.assert_frame_equal(summary(a), summary(b))
+    assert early_tables(a).keys() == early_tables(b).keys()  # the early-stopped evaluations, kept across a resume
+    for run, arrays in early_tables(a).items():
+        other = early_tables(b)[run]
+        assert arrays.keys() == other.keys() and all(np.array_equal(arrays[k], other[k]) for k in arrays), run
+
+
+def early_tables(out: Path) -> dict[str, dict]:
+    """Every run's eval_early.npz arrays (where the early-stopped evaluation is not the final one)."""
+    tables = {}
+    for p in sorted((out / "runs").glob("*/eval_early.npz")):
+        with np.load(p) as z:
+            tables[p.parent.name] = {k: z[k] for k in z.files}
+    return tables
 
 
 # ------------------------------------------------------------------------------------ kill, then resume

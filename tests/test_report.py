@@ -271,6 +271,7 @@ def test_a_registered_section_is_included_in_order(tmp_path):
     finally:
         unregister_section("throwaway")
     n_ok = int((pd.read_csv(out / "summary.csv")["status"] == "ok").sum())
-    assert f"## Throwaway\n\n{n_ok} completed runs of data_format, needs_reward_model, panels, proxy_curve, proxy_metric, sweep_param" in text
+    assert (f"## Throwaway\n\n{n_ok} completed runs of data_format, early_stop_oracle, early_stop_signal, "
+            "needs_reward_model, panels, proxy_curve, proxy_metric, sweep_param") in text
     assert text.index("## Diagnostics over training") < text.index("## Throwaway") < text.index("## Findings")
     assert "## Throwaway" not in R.write_report(out).read_text()  # unregistered again

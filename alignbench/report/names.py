@@ -49,3 +49,5 @@ COMPUTE_BUDGET = "compute/policy_tokens"  # policy forward + 2 x backward tokens
 CONVERGED = "converged"
 REWARD_CHANGE = "reward_change"  # last-window mean minus previous-window mean, relative to the distance travelled
 KL_CHANGE = "kl_change"
+ONLINE_RM_REWARD = "online/rm_reward"  # the learned reward model's mean score of an online method's rollouts
+ONLINE_GOLD_REWARD = "online/gold_reward"  # the gold reward of the same rollouts

@@ -68,14 +68,17 @@ def reference_rewards(runs: dict[str, Any]) -> dict[tuple[str, Any], float]:
     return {k: float(np.mean(v)) for k, v in vals.items()}
 
 
-def build_ranking(summary: pd.DataFrame, reference: dict[tuple[str, Any], float] | None = None) -> pd.DataFrame:
+def build_ranking(summary: pd.DataFrame, reference: dict[tuple[str, Any], float] | None = None,
+                  kl_range: dict[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+    """The rows of ``ranking.csv``. ``kl_range``: task -> the KL range of the frontier scores (default: the common
+    range of ``summary``'s runs), so that rankings of other checkpoints of the same runs share one range."""
     ok = summary[summary["status"] == "ok"]
     rows: list[dict[str, Any]] = []
     if ok.empty or "kl" not in ok or "reward" not in ok:
         return pd.DataFrame(rows, columns=COLUMNS)
     for task in sorted(ok["task"].astype(str).unique()):
         pts = per_seed_points(ok, task, reference)
-        lo, hi = S.common_range(pts)
+        lo, hi = (kl_range or {}).get(task) or S.common_range(pts)
         scores = {m: [S.frontier_score(k, r, lo, hi) for k, r in sets] for m, sets in pts.items()}
         t = ok[ok["task"] == task]
         bound = {m: bool("kl_is_bound" in g and (pd.to_numeric(g["kl_is_bound"], errors="coerce") > 0.5).any())

@@ -12,6 +12,8 @@ DIR/task_<task>.npz        arrays a task saves once per sweep (e.g. the exact ta
 DIR/runs/<run_id>/config.json     the run's resolved config
 DIR/runs/<run_id>/metrics.jsonl   one row per evaluation step
 DIR/runs/<run_id>/eval_final.npz  per-prompt results of the final evaluation (head-to-head win rates)
+DIR/runs/<run_id>/eval_early.npz  ... of the early-stopped evaluation (the method's early_stop_signal; written only
+                                  where it is not the final one: summary column ``early_step``)
 DIR/runs/<run_id>/summary.json    the run's summary row, written last: its presence marks the run complete
 ```
 """
@@ -38,6 +40,10 @@ RUNS = "runs"
 CONFIG_JSON = "config.json"
 METRICS_JSONL = "metrics.jsonl"
 EVAL_FINAL = "eval_final.npz"
+EVAL_EARLY = "eval_early.npz"
+EARLY_STEP = "early_step"  # summary column: the step of the run's early-stopped evaluation
+CHECKPOINTS_CSV = "checkpoints.csv"
+WINRATES_EARLY_CSV = "winrates_early.csv"
 RUN_SUMMARY = "summary.json"
 
 
@@ -151,6 +157,13 @@ def load_metrics(run_dir: str | Path) -> "Any":
     return as_frame(rows)
 
 
+def pd_float(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def cell(summary: "Any") -> list[str]:
     """The columns that make a cell of a method's sweep (one point of its frontier, all seeds together): the
     sweep axis' value, and the values of any extra grid axes (``variant``, e.g. "lr=0.0001") where present."""
@@ -218,20 +231,33 @@ def augment_summary(summary: "Any", runs: dict[str, RunData]) -> "Any":
 class ResultsData:
     """Lazy, cached access to a results folder's per-prompt files (never loads a model)."""
 
-    def __init__(self, out: str | Path, summary: "Any"):
+    def __init__(self, out: str | Path, summary: "Any", policy: str = "final"):
+        """``policy``: whose per-prompt results :meth:`eval_final` reads: "final" (``eval_final.npz``) or "early"
+        (``eval_early.npz``, or ``eval_final.npz`` where the summary's ``early_step`` is the run's last step)."""
         self.out = Path(out)
         self.summary = summary
+        self.policy = policy
         self._final: dict[str, Any] = {}
         self._task: dict[str, dict[str, np.ndarray]] = {}
 
+    def _policy_file(self, folder: Path, run_id: str) -> Path | None:
+        if self.policy == "final" or (folder / EVAL_EARLY).exists():
+            return folder / (EVAL_FINAL if self.policy == "final" else EVAL_EARLY)
+        s = self.summary
+        row = s[s["run_id"].astype(str) == run_id] if EARLY_STEP in s and "steps" in s else s.iloc[:0]
+        same = len(row) and pd_float(row[EARLY_STEP].iloc[0]) == pd_float(row["steps"].iloc[0])
+        return folder / EVAL_FINAL if same else None  # the early-stopped evaluation is the final one
+
     def eval_final(self, run_id: str) -> dict[str, Any] | None:
-        """A run's per-prompt final evaluation (``eval_final.npz``; ``eval_final.json`` from older versions)."""
+        """A run's per-prompt evaluation of the chosen ``policy`` (final: ``eval_final.npz``, or ``eval_final.json``
+        from older versions)."""
         if run_id not in self._final:
             folder = self.out / RUNS / run_id
-            data = read_json_or_none(folder / "eval_final.json")
-            if data is None and (folder / EVAL_FINAL).exists():
+            data = read_json_or_none(folder / "eval_final.json") if self.policy == "final" else None
+            path = self._policy_file(folder, run_id)
+            if data is None and path is not None and path.exists():
                 try:
-                    with np.load(folder / EVAL_FINAL, allow_pickle=False) as z:
+                    with np.load(path, allow_pickle=False) as z:
                         data = {k: (z[k].tolist() if z[k].dtype.kind in "US" else z[k]) for k in z.files}
                 except (OSError, ValueError):
                     data = None

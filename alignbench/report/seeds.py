@@ -74,10 +74,27 @@ def seed_bootstrap(values: Sequence[float], *, n_boot: int = N_BOOT, seed: int =
 # ------------------------------------------------------------------------------------------ frontiers
 
 
-def front_curve(kl: Sequence[float], reward: Sequence[float], budgets: Sequence[float]) -> np.ndarray:
-    """The best reward within each KL budget: the Pareto front linearly interpolated between its points, flat
-    after its last point, NaN below its first point."""
+def upper_hull(k: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The upper concave hull of a Pareto front (k ascending, r ascending): the rewards mixtures of its policies reach
+    (adding points never lowers it, unlike interpolation between adjacent Pareto points)."""
+    hk: list[float] = []
+    hr: list[float] = []
+    for x, y in zip(np.asarray(k, float), np.asarray(r, float)):
+        while len(hk) >= 2 and (hk[-1] - hk[-2]) * (y - hr[-2]) - (hr[-1] - hr[-2]) * (x - hk[-2]) >= 0:
+            hk.pop()
+            hr.pop()
+        hk.append(float(x))
+        hr.append(float(y))
+    return np.asarray(hk), np.asarray(hr)
+
+
+def front_curve(kl: Sequence[float], reward: Sequence[float], budgets: Sequence[float], *,
+                concave: bool = False) -> np.ndarray:
+    """The best reward within each KL budget: the Pareto front linearly interpolated between its points (``concave``:
+    its upper concave hull), flat after its last point, NaN below its first point."""
     k, r = pareto(kl, reward)
+    if concave:
+        k, r = upper_hull(k, r)
     b = np.asarray(budgets, dtype=float)
     if k.size == 0:
         return np.full(b.shape, np.nan)
@@ -86,11 +103,12 @@ def front_curve(kl: Sequence[float], reward: Sequence[float], budgets: Sequence[
     return out
 
 
-def frontier_score(kl: Sequence[float], reward: Sequence[float], lo: float, hi: float, n_grid: int = 200) -> float:
+def frontier_score(kl: Sequence[float], reward: Sequence[float], lo: float, hi: float, n_grid: int = 200, *,
+                   concave: bool = False) -> float:
     """Mean of :func:`front_curve` over ``n_grid`` budgets evenly spaced in [lo, hi] (NaN if any is undefined)."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return float("nan")
-    vals = front_curve(kl, reward, np.linspace(lo, hi, n_grid))
+    vals = front_curve(kl, reward, np.linspace(lo, hi, n_grid), concave=concave)
     return float(vals.mean()) if np.isfinite(vals).all() else float("nan")
 
 

@@ -376,6 +376,16 @@ def head_to_head_rows(data: ResultsData, picks: dict[tuple[str, str], Unit], tab
     return rows
 
 
+def matched_kl_rows(data: ResultsData, us: Sequence[Unit], budgets: Sequence[float] = DEFAULT_BUDGETS, *,
+                    n_boot: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """The head-to-head tables ``kl<B>``: at each budget B, each method at its unit of KL closest to B."""
+    rows: list[dict[str, Any]] = []
+    for b in budgets:
+        picks = select_matched_kl(us, b)
+        rows += head_to_head_rows(data, picks, f"kl{b:g}", n_boot=n_boot, seed=seed, budget=float(b))
+    return rows
+
+
 def build_winrates(out: str | Path, summary: pd.DataFrame, *, budgets: Sequence[float] = DEFAULT_BUDGETS,
                    n_boot: int = 2000, seed: int = 0, data: ResultsData | None = None) -> pd.DataFrame:
     """Every win-rate table of a results folder, long format (the rows of ``winrates.csv``)."""
@@ -393,9 +403,7 @@ def build_winrates(out: str | Path, summary: pd.DataFrame, *, budgets: Sequence[
             if row:
                 rows.append(row)
     rows += head_to_head_rows(data, select_best(us), "best", n_boot=n_boot, seed=seed)
-    for b in budgets:
-        picks = select_matched_kl(us, b)
-        rows += head_to_head_rows(data, picks, f"kl{b:g}", n_boot=n_boot, seed=seed, budget=float(b))
+    rows += matched_kl_rows(data, us, budgets, n_boot=n_boot, seed=seed)
     # vs the data's chosen responses
     for u in us:
         per, judge = [], ""
