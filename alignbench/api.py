@@ -389,6 +389,9 @@ class Task(ABC):
     default_methods: ClassVar[tuple[str, ...] | None] = None  # None: every compatible method
     # method config defaults suited to this task, e.g. {"ppo": {"iterations": 40}}; user method_args win
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # TrainConfig fields this task sets for one method (e.g. eval_every for a method counted in fewer iterations than
+    # the task's steps, so that every method gets about as many evaluations); the sweep's train_args win over them
+    method_train_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     # optional environment capabilities the task's env provides (EnumerableEnv, SampleEvaluable)
     capabilities: ClassVar[tuple[type, ...]] = ()
 

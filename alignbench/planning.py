@@ -209,6 +209,8 @@ def plan(cfg: SweepConfig) -> Plan:
                                       f"{world_size()}) trains offline methods only; run it in a plain sweep")
             user = cfg.method_args.get(mname, {})
             margs = {**task_cls.method_defaults.get(mname, {}), **user}
+            m_train_over = {**task_cls.method_train_defaults.get(mname, {}), **train_over}  # the sweep's own win
+            m_train = task.train_config(m_train_over) if m_train_over != train_over else train
             if budget is not None and ITERATIONS in _field_names(method_cls.config_cls) and ITERATIONS not in user:
                 margs[ITERATIONS] = budget  # the user's --steps is every method's budget (over a task's default)
             axis = method_cls.sweep_param
@@ -225,11 +227,11 @@ def plan(cfg: SweepConfig) -> Plan:
             if axis in margs:
                 raise ConfigError(f"method_args.{mname}.{axis}", "is the sweep axis; set it with the grid instead")
             for v in values:
-                for combo in _field_grid(cfg, mname, method_cls, axis, margs, values[0], task, train_over):
+                for combo in _field_grid(cfg, mname, method_cls, axis, margs, values[0], task, m_train_over):
                     mfields = {f: x for f, x in combo if f in _field_names(method_cls.config_cls)}
                     tfields = {f: x for f, x in combo if f not in mfields}
                     mcfg = from_mapping(method_cls.config_cls, {**margs, **mfields, axis: v}, where=f"method_args.{mname}")
-                    run_train = task.train_config({**train_over, **tfields}) if tfields else train
+                    run_train = task.train_config({**m_train_over, **tfields}) if tfields else m_train
                     vals = [(f, getattr(mcfg if f in mfields else run_train, f)) for f, _ in combo]  # as coerced
                     variant = ", ".join(f"{f}={x:g}" if isinstance(x, (int, float)) and not isinstance(x, bool)
                                         else f"{f}={x}" for f, x in vals)

@@ -225,7 +225,8 @@ def preference_metrics(method: OfflineMethod, policy: nn.Module, data: PreparedS
     if pairs is None:
         policy.train(was)
         return {f"{prefix}/loss": float(out.loss)}
-    plp = lp if pairs is data else score_all(policy, pairs.tokens, device)[0]  # a paired method's own data: scored once
+    # a paired method's own data holds the same rows as the pairs (data_format "paired"): scored once
+    plp = lp if method.data_format == "paired" else score_all(policy, pairs.tokens, device)[0]
     lr_c = plp["chosen"] - pairs.ref_logps["chosen"]
     lr_r = plp["rejected"] - pairs.ref_logps["rejected"]
     if was:
@@ -254,7 +255,7 @@ def train_offline(method: OfflineMethod, ctx: RunContext) -> None:
     train_probe = _subset(train, torch.arange(n_probe))
     paired_train = prepare(env, "paired", "train", ctx.cache_dir, device) if uses_ref else None
     pairs_train = None if paired_train is None else (  # a paired method's probe is already these pairs
-        train_probe if paired_train is train else
+        train_probe if fmt == "paired" else
         _subset(paired_train, torch.arange(min(n_probe, len(env.preferences["train"])))))
 
     # accelerate: DDP over processes under `accelerate launch`; the identity in a single process

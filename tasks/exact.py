@@ -752,6 +752,8 @@ class ExactTask(Task):
     train_defaults = {"steps": 150, "batch_size": 64, "lr": 1e-3, "warmup_steps": 10, "eval_every": 25}
     method_defaults = {"ppo": {"iterations": 40}, "ppo-gt": {"iterations": 40}, "rloo": {"iterations": 100},
                        "rloo-gt": {"iterations": 100}, "grpo": {"iterations": 100}, "online-dpo": {"iterations": 100}}
+    # four evaluations after step 0 for every method, as the convergence test needs (report/convergence.py)
+    method_train_defaults = {"ppo": {"eval_every": 10}, "ppo-gt": {"eval_every": 10}}
 
     def setup(self, cache_dir: Path, device: torch.device) -> ExactEnv:
         cfg: ExactConfig = self.config

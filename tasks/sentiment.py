@@ -399,6 +399,9 @@ class SentimentTask(Task):
     default_methods = ("dpo", "ipo", "kto", "simpo", "ppo", "rloo", "grpo", "online-dpo", "bon")
     method_defaults = {"ppo": {"iterations": 20}, "ppo-gt": {"iterations": 20}, "rloo": {"iterations": 50},
                        "rloo-gt": {"iterations": 50}, "grpo": {"iterations": 50}, "online-dpo": {"iterations": 50}}
+    # four evaluations after step 0 for every method, as the convergence test needs (report/convergence.py)
+    method_train_defaults = {"ppo": {"eval_every": 5}, "ppo-gt": {"eval_every": 5},
+                             **{m: {"eval_every": 13} for m in ("rloo", "rloo-gt", "grpo", "online-dpo")}}
     train_defaults = {"steps": 100, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "eval_every": 25,
                       "max_grad_norm": 10.0}
 

@@ -81,3 +81,18 @@ def test_run_ids_survive_new_fields_with_defaults():
     assert stable_hash(non_default(Old(a=3))) == stable_hash(non_default(New(a=3)))
     assert non_default(New(a=1, b=2.5)) == {"b": 2.5}
     assert non_default(TrainConfig()) == {}
+
+
+def test_a_task_sets_training_fields_per_method_and_the_sweep_wins(tmp_path):
+    from alignbench.config import from_mapping
+    from alignbench.planning import SweepConfig, plan
+
+    def evals(**kw):
+        cfg = from_mapping(SweepConfig, {"out": str(tmp_path / "unused"), "tasks": ["sentiment"], "seeds": [0],
+                                         "methods": ["dpo", "ppo", "rloo"], "betas": [0.1], **kw})
+        return {s.method: (s.train.eval_every, s.train.steps) for s in plan(cfg).specs}
+
+    # the sentiment task's defaults: 4 evaluations after step 0 for each (100 steps; 20 and 50 iterations)
+    assert evals() == {"dpo": (25, 100), "ppo": (5, 100), "rloo": (13, 100)}
+    assert evals(train_args={"eval_every": 7}) == {"dpo": (7, 100), "ppo": (7, 100), "rloo": (7, 100)}
+    assert evals(eval_every=9) == {"dpo": (9, 100), "ppo": (9, 100), "rloo": (9, 100)}
