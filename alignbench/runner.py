@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import io
-from .api import EvalResult, Method, OfflineMethod, TaskEnv
+from .api import EvalResult, Method, OfflineMethod, RobustnessEvaluable, TaskEnv
 from .config import TrainConfig, non_default, stable_hash, to_dict
 from .distributed import is_main_process
 from .errors import TrainingFailure
@@ -126,6 +126,7 @@ class RunContext:
     logger: MetricsLogger
     show_progress: bool = True
     last_eval: EvalResult | None = None
+    last_policy: nn.Module | None = None
     extra_summary: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -151,7 +152,17 @@ class RunContext:
     def evaluate(self, policy: nn.Module, step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate ``policy`` on the task (exactly or by sampling) and log one metrics row."""
         result = self.env.evaluate(policy, beta=self.target_beta(), seed=self.seed)
+        self.last_policy = policy  # the final evaluation's policy, for evaluate_robustness
         return self.log_eval(step, result, extra)
+
+    def evaluate_robustness(self) -> None:
+        """Once, after training: the task's robustness metrics (other temperatures, shifted prompts) of the policy
+        of the last :meth:`evaluate`, as summary columns. Nothing where the task has none or the method logged
+        its evaluations itself (no policy module, e.g. best-of-N)."""
+        if self.last_policy is None or self.last_eval is None or not isinstance(self.env, RobustnessEvaluable):
+            return
+        self.extra_summary.update(self.env.evaluate_robustness(
+            self.last_policy, temperatures=self.train.eval_temperatures, seed=self.seed, final=self.last_eval))
 
     def reward_model(self):
         """The learned reward model for this task and seed (trained once, then loaded from the cache)."""
@@ -275,6 +286,8 @@ def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, devic
         run_method(method, ctx)
         if ctx.last_eval is None and main:
             raise TrainingFailure("the method never evaluated its policy", 0)
+        if main:
+            ctx.evaluate_robustness()
     except TrainingFailure as e:
         status, reason = "failed", f"{e.reason} at step {e.step}"
     except Exception as e:  # noqa: BLE001 - one failed run must not stop the sweep
