@@ -53,6 +53,7 @@ from alignbench.io import read_json, write_json
 from alignbench.models import freeze, tiny_gpt2, train_causal_lm, weights_fingerprint
 from alignbench.registry import register_task
 from alignbench.tokenization import EOS, PAD, build_word_tokenizer
+from alignbench.tasks._sentiment_shift import shifted_prompts
 
 # ------------------------------------------------------------------------------------------ grammar
 
@@ -244,6 +245,8 @@ class SentimentConfig:
     temperature: float = param(1.0, "sampling temperature of evaluation and rollouts (data is sampled at 1.0)")
     reward_on: str = param("completion", "what VADER scores: 'completion' or 'prompt+completion'")
     eval_batch_size: int = param(1024, "rows per sampling / scoring batch in evaluation")
+    shift_prompts: int = param(0, "prompts of a shifted grammar (other subject nouns) on which the final policy is "
+                                  "also evaluated (0: none; distribution shift)")
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0)
@@ -274,6 +277,7 @@ class SentimentConfig:
         check_range("temperature", self.temperature, 0.0, 10.0)
         check_choice("reward_on", self.reward_on, ("completion", "prompt+completion"))
         check_int("eval_batch_size", self.eval_batch_size, 1)
+        check_int("shift_prompts", self.shift_prompts, 0)
 
     def build_key(self) -> dict[str, Any]:
         """The fields that determine the cached reference model and data."""
@@ -303,6 +307,13 @@ class SentimentEnv(SampledTaskEnv):
         else:
             texts = [_strip_special(p + " " + c) for p, c in zip(prompts, completions)]
         return torch.tensor([vader_compound(t) for t in texts], dtype=torch.float32)
+
+    def evaluate_robustness(self, policy: torch.nn.Module, *, temperatures=(), seed: int = 0,
+                            final: Any = None) -> dict[str, float]:
+        """Per-temperature metrics on the eval prompts, and the shifted prompt set's (``shift_prompts``)."""
+        from alignbench.robustness import sampled_robustness
+
+        return sampled_robustness(self, policy, temperatures=temperatures, seed=seed, final=final)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -488,11 +499,18 @@ def _load(cfg: SentimentConfig, folder: Path, device: torch.device) -> Sentiment
     eval_prompts = eval_prompts_from(stored["heldout_reviews"], cfg.n_eval_prompts, cfg.seed)
     spec = GenerationSpec(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id, temperature=cfg.temperature)
+    prompts = {"train": list(stored["train"]), "eval": eval_prompts}
+    if cfg.shift_prompts:
+        prompts["shift"] = shifted_prompts(tokenizer.get_vocab(), cfg.shift_prompts, cfg.seed, copulas=COPULAS,
+                                           openers=OPENERS, verbs=sum(VERBS.values(), ()))
+        if len(prompts["shift"]) < cfg.shift_prompts:
+            raise ConfigError("shift_prompts", f"the corpus' vocabulary makes only {len(prompts['shift'])} shifted "
+                                               f"prompts, got {cfg.shift_prompts}")
     fingerprint = stable_hash({"task": "sentiment", "config": to_dict(cfg), "weights": weights_fingerprint(model),
                                "data": folder.name}, 16)
     env = SentimentEnv(cfg, task_name="sentiment", tokenizer=tokenizer, reference=model,
                        reference_dir=folder / "reference", preferences=prefs,
-                       prompts={"train": list(stored["train"]), "eval": eval_prompts}, generation=spec,
+                       prompts=prompts, generation=spec,
                        fingerprint=fingerprint, n_eval_samples=cfg.n_eval_samples,
                        eval_batch_size=cfg.eval_batch_size)
     env.meta = meta
