@@ -37,8 +37,8 @@ unrestricted model; reward models and critics built from the folder are unaffect
 Exact metrics of :meth:`ExactEnv.evaluate_table`: ``reward/gold``, ``kl/ref`` (KL(pi || pi_ref)),
 ``policy/entropy``, ``winrate/vs_ref`` (Bradley-Terry win probability against pi_ref),
 ``exact/frontier_gap`` (optimal reward at the policy's KL minus its reward; >= 0),
-``exact/unseen_mass`` (mean over prompts of the policy's mass on responses that occur in no
-training pair of that prompt), ``exact/invalid_mass``, ``policy/length``, and given beta
+``exact/unseen_mass`` (mean over the prompts with training pairs, i.e. all but ``held_out_prompts``, of the
+policy's mass on responses that occur in no training pair of that prompt), ``exact/invalid_mass``, ``policy/length``, and given beta
 ``kl/to_target`` (KL(pi || pi*_beta)) with the target's own ``exact/target_kl`` and
 ``exact/target_reward``. Prompts are weighted uniformly. ``per_prompt`` keeps the normalised policy
 table ``logp`` (K x N), the gold ``reward_table`` (K x N) and per-prompt ``reward`` and ``kl``, so
@@ -594,7 +594,7 @@ class ExactEnv(TaskEnv):
             "winrate/vs_ref": float(X.expected(lp, self.win_vs_ref)),
             "winrate/vs_chosen": float((p * self.win_vs_chosen).sum(-1)[self._has_eval_pairs].mean()),
             "exact/frontier_gap": self.frontier_reward_at(kl_ref) - reward,
-            "exact/unseen_mass": float((p * (~self.seen_in_train)).sum(-1).mean()),
+            "exact/unseen_mass": float((p * (~self.seen_in_train)).sum(-1)[~torch.from_numpy(self.held_out_mask)].mean()),
             "exact/invalid_mass": float((1.0 - total.exp()).clamp_min(0).mean()),
             "policy/length": float(self.config.length),
         }
