@@ -623,12 +623,13 @@ class ExactEnv(TaskEnv):
         logits = self.prefix_logits(policy)
         out: dict[str, float] = {}
         for t in temperatures:
-            m = self.evaluate_table(self.table_from_logits(logits, float(t))).metrics
-            out.update(R.renamed(m, R.TEMPERATURE_METRICS + (N.WIN_VS_CHOSEN,), lambda k, t=t: N.at_temperature(k, t)))
+            lp = self.table_from_logits(logits, float(t))
+            per = self.per_prompt_metrics(lp - torch.logsumexp(lp, -1, keepdim=True))
+            out.update({N.at_temperature(k, t): float(np.nanmean(v)) for k, v in per.items()})
         if self.config.held_out_prompts:
             lp = self.table_from_logits(logits)
-            lp = lp - torch.logsumexp(lp, -1, keepdim=True)
-            out.update(R.split_means(self.per_prompt_metrics(lp), self.held_out_mask))
+            per = self.per_prompt_metrics(lp - torch.logsumexp(lp, -1, keepdim=True))
+            out.update(R.split_means({k: per[k] for k in R.SPLIT_METRICS}, self.held_out_mask))
         return out
 
     @property
@@ -637,11 +638,13 @@ class ExactEnv(TaskEnv):
         return np.arange(self.num_prompts) >= self.num_prompts - self.config.held_out_prompts
 
     def per_prompt_metrics(self, lp: Tensor) -> dict[str, np.ndarray]:
-        """(K,) gold reward, KL(pi || pi_ref) and win rate against pi_ref of each prompt, from a normalised table."""
+        """(K,) gold reward, KL(pi || pi_ref), win rate against pi_ref and against the eval pairs' chosen responses
+        (NaN on prompts without eval pairs) of each prompt, from a normalised (K, N) table, as :meth:`evaluate_table`."""
         p = lp.exp()
         kl = torch.where(p > 0, p * (lp - self.ref_logp_table), torch.zeros_like(p)).sum(-1)
+        chosen = torch.where(self._has_eval_pairs, (p * self.win_vs_chosen).sum(-1), torch.full_like(kl, float("nan")))
         return {N.GOLD: (p * self.reward_table).sum(-1).numpy(), N.KL: kl.numpy(),
-                N.WIN_VS_REF: (p * self.win_vs_ref).sum(-1).numpy()}
+                N.WIN_VS_REF: (p * self.win_vs_ref).sum(-1).numpy(), N.WIN_VS_CHOSEN: chosen.numpy()}
 
     def head_to_head(self, logp_a: Tensor, logp_b: Tensor) -> float:
         """Exact Bradley-Terry win probability of policy table a against policy table b."""
