@@ -15,15 +15,7 @@ from alignbench.generation import sample
 from alignbench.registry import get_task
 from alignbench.report import names as N
 from tests.conftest import TINY_EXACT
-
-
-def _perturbed(env, seed=0, scale=0.3):
-    pol = env.make_policy()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in pol.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return pol.eval()
+from tests.test_exact_task import _perturbed
 
 
 @pytest.fixture(scope="module")

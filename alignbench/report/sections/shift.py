@@ -12,7 +12,7 @@ import pandas as pd
 from .. import names as N
 from ..core import ReportContext, register_section
 from ..render import md_table, method_palette, save_figure, theme
-from ..robustness import has_split, stat
+from ..robust_stats import has_split, stat
 from ..schema import cell_label
 from ..winrates import units
 
