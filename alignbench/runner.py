@@ -147,13 +147,15 @@ class RunContext:
         row = {"step": step, **(extra or {}), **result.metrics}
         self.logger.log(row)
         self.last_eval = result
+        self.last_policy = None  # a table the method evaluated itself: no policy module to measure again
         return row
 
     def evaluate(self, policy: nn.Module, step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate ``policy`` on the task (exactly or by sampling) and log one metrics row."""
         result = self.env.evaluate(policy, beta=self.target_beta(), seed=self.seed)
-        self.last_policy = policy  # the final evaluation's policy, for evaluate_robustness
-        return self.log_eval(step, result, extra)
+        row = self.log_eval(step, result, extra)
+        self.last_policy = policy  # the policy of the last evaluation, for evaluate_robustness
+        return row
 
     def evaluate_robustness(self) -> None:
         """Once, after training: the task's robustness metrics (other temperatures, shifted prompts) of the policy
