@@ -394,8 +394,8 @@ class SentimentTask(Task):
     # online-loop methods: about the cost of a PPO run (one gradient step per iteration instead of PPO's 8)
     method_defaults = {"ppo": {"iterations": 40}, "ppo-gt": {"iterations": 40}, "rloo": {"iterations": 150},
                        "rloo-gt": {"iterations": 150}, "grpo": {"iterations": 150}, "online-dpo": {"iterations": 150}}
-    # eval_temperatures off: four more sampled evaluations cost ~4.4 s a run (about 55% of a DPO run, 13% of an
-    # online-DPO run; docs/robustness.md), too much for the default sweep; configs/shift.yaml turns them on
+    # eval_temperatures off: four more sampled evaluations add ~0.8 s a run (12% of a DPO run, 3-4% of an online
+    # run; docs/robustness.md), more than the default sweep's time budget spares; configs/shift.yaml turns them on
     train_defaults = {"steps": 150, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "eval_every": 50,
                       "max_grad_norm": 10.0, "eval_temperatures": ()}
 
