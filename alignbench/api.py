@@ -375,6 +375,16 @@ class TargetEvaluable(Protocol):
 
     def target_metrics(self, result: EvalResult, target: Target) -> dict[str, float]:
         """``kl/to_own_target``, ``exact/objective_gap``, ``exact/estimation_gap`` of an evaluation of this env."""
+class RobustnessEvaluable(Protocol):
+    """An environment that measures its final policy once more: at other sampling temperatures, and on shifted
+    prompts (the DPO paper's Fig. 2 right and its section 6.3). The harness calls it once per run, after training,
+    on the policy of the run's last :meth:`RunContext.evaluate`; the metrics become summary columns."""
+
+    def evaluate_robustness(self, policy: nn.Module, *, temperatures: Sequence[float], seed: int = 0,
+                            final: EvalResult | None = None) -> dict[str, float]:
+        """Metrics named by ``report.names.at_temperature`` (one set per temperature, 0 = greedy) and
+        ``report.names.on_split`` (in-distribution and shifted prompts, where the task has both); ``final`` is
+        the standard evaluation of the same policy (its values may be reused where a setting repeats it)."""
 
 
 class Task(ABC):

@@ -244,6 +244,8 @@ class TrainConfig:
     weight_decay: float = param(0.0, "AdamW weight decay")
     max_grad_norm: float = param(10.0, "gradient clipping norm")
     eval_every: int = param(25, "evaluate every this many steps (and at the last step)")
+    eval_temperatures: tuple[float, ...] = param((0.0, 0.25, 0.5, 0.75, 1.0), "sampling temperatures at which the "
+                                                 "final policy is evaluated once more (0: greedy; empty: none)")
     grad_accum: int = param(1, "gradient accumulation steps per optimizer step")
     precision: str = param("fp32", "fp32 or bf16 (mixed precision where the device supports it)")
     checkpoint_every: int = param(100, "save a resumable checkpoint every this many steps (0: never)")
@@ -263,6 +265,8 @@ class TrainConfig:
         check_nonnegative("weight_decay", self.weight_decay)
         check_positive("max_grad_norm", self.max_grad_norm)
         check_int("eval_every", self.eval_every, 1)
+        for i, t in enumerate(self.eval_temperatures):
+            check_range(f"eval_temperatures[{i}]", t, 0.0, 5.0)
         check_int("grad_accum", self.grad_accum, 1)
         check_choice("precision", self.precision, ("fp32", "bf16"))
         check_int("checkpoint_every", self.checkpoint_every, 0)

@@ -185,17 +185,20 @@ class SampledTaskEnv(TaskEnv):
         return int(pad if pad is not None else 0)
 
     def draw(self, model: nn.Module, prompts: Sequence[str], n: int, *, seed: int,
-             score_logps: bool = False) -> PolicySamples:
+             score_logps: bool = False, temperature: float | None = None) -> PolicySamples:
         """``n`` completions per prompt from ``model`` (seeded; the global RNG state is preserved).
 
         With ``score_logps`` the samples' log-probs under ``model`` and the reference are computed too.
+        ``temperature`` (default: the task's) samples ``model`` at another temperature and scores it there
+        (0: greedy, a deterministic policy whose log-probs are 0); the reference is scored as always.
         """
+        t_model = self.temperature if temperature is None else float(temperature)
         prompts = list(prompts)
         rep = [p for p in prompts for _ in range(n)]
         dev = next(model.parameters()).device
         fork_devices = [dev.index or 0] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
-            smp = sample(model, self.tokenizer, rep, self.generation, temperature=self.temperature,
+            smp = sample(model, self.tokenizer, rep, self.generation, temperature=t_model,
                          generator_seed=seed, max_batch=self.eval_batch_size)
         rewards = self.gold_reward(rep, smp.texts).detach().float().cpu().numpy()
         lengths = smp.lengths.float().cpu().numpy()
@@ -205,12 +208,17 @@ class SampledTaskEnv(TaskEnv):
         if score_logps:
             ids, am, cm = smp.right_padded(self._pad_id())
             t = self.temperature if self.temperature > 0 else 1.0
-            lp, lp_tok, _ = batched_sequence_logps(model, ids, am, cm, temperature=t, batch_size=self.eval_batch_size)
-            if model is self.reference:  # the reference's own samples: the same forward
+            t_pol = t if temperature is None else t_model
+            if t_pol > 0:
+                lp, lp_tok, _ = batched_sequence_logps(model, ids, am, cm, temperature=t_pol,
+                                                       batch_size=self.eval_batch_size)
+            if model is self.reference and t_pol == t:  # the reference's own samples: the same forward
                 lr, lr_tok = lp, lp_tok
             else:
                 lr, lr_tok, _ = batched_sequence_logps(self.reference, ids, am, cm, temperature=t,
                                                        batch_size=self.eval_batch_size)
+            if t_pol == 0:  # greedy decoding: log pi_0(y) = 0 for the one completion it gives
+                lp, lp_tok = torch.zeros_like(lr), torch.zeros_like(lr_tok)
             # per-token k3 summed over the completion: E[rho_t - 1 | prefix] = 0 under pi, so the sum
             # is an unbiased, non-negative estimate of the sequence KL (masked positions give 0)
             log_rho = (lr_tok - lp_tok).double()

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from . import io
-from .api import EvalResult, Method, NoTarget, OfflineMethod, Target, TargetEvaluable, TaskEnv
+from .api import (EvalResult, Method, NoTarget, OfflineMethod, RobustnessEvaluable, Target, TargetEvaluable,
+                  TaskEnv)
 from .compute import Compute
 from .config import TrainConfig, non_default, stable_hash, to_dict
 from .distributed import is_main_process
@@ -130,6 +131,7 @@ class RunContext:
     logger: MetricsLogger
     show_progress: bool = True
     last_eval: EvalResult | None = None
+    last_policy: nn.Module | None = None
     extra_summary: dict[str, Any] = field(default_factory=dict)
     compute: Compute = field(default_factory=Compute)  # what the run spent (alignbench.compute)
     own_target: Target | NoTarget | None = None  # the method's population target (resolved at the first evaluation)
@@ -160,6 +162,7 @@ class RunContext:
         row = {"step": step, **(extra or {}), **result.metrics, N.COMPUTE_BUDGET: self.compute.summary()[N.COMPUTE_BUDGET]}
         self.logger.log(row)
         self.last_eval = result
+        self.last_policy = None  # a table the method evaluated itself: no policy module to measure again
         self._keep_if_early(step, result)
         return row
 
@@ -178,7 +181,19 @@ class RunContext:
         """Evaluate ``policy`` on the task (exactly or by sampling) and log one metrics row."""
         with self.compute.evaluating():
             result = self.env.evaluate(policy, beta=self.target_beta(), seed=self.seed)
-        return self.log_eval(step, result, extra)
+        row = self.log_eval(step, result, extra)
+        self.last_policy = policy  # the policy of the last evaluation, for evaluate_robustness
+        return row
+
+    def evaluate_robustness(self) -> None:
+        """Once, after training: the task's robustness metrics (other temperatures, shifted prompts) of the policy
+        of the last :meth:`evaluate`, as summary columns. Nothing where the task has none or the method logged
+        its evaluations itself (no policy module, e.g. best-of-N)."""
+        if self.last_policy is None or self.last_eval is None or not isinstance(self.env, RobustnessEvaluable):
+            return
+        with self.compute.evaluating():
+            self.extra_summary.update(self.env.evaluate_robustness(
+                self.last_policy, temperatures=self.train.eval_temperatures, seed=self.seed, final=self.last_eval))
 
     def reward_model(self):
         """The learned reward model for this task and seed (trained once, then loaded from the cache)."""
@@ -333,6 +348,8 @@ def execute(spec: RunSpec, env: TaskEnv, method: Method, run_dir: Path, *, devic
         run_method(method, ctx)
         if ctx.last_eval is None and main:
             raise TrainingFailure("the method never evaluated its policy", 0)
+        if main:
+            ctx.evaluate_robustness()
     except TrainingFailure as e:
         status, reason = "failed", f"{e.reason} at step {e.step}"
     except Exception as e:  # noqa: BLE001 - one failed run must not stop the sweep

@@ -40,8 +40,8 @@ unrestricted model; reward models and critics built from the folder are unaffect
 Exact metrics of :meth:`ExactEnv.evaluate_table`: ``reward/gold``, ``kl/ref`` (KL(pi || pi_ref)),
 ``policy/entropy``, ``winrate/vs_ref`` (Bradley-Terry win probability against pi_ref),
 ``exact/frontier_gap`` (optimal reward at the policy's KL minus its reward; >= 0),
-``exact/unseen_mass`` (mean over prompts of the policy's mass on responses that occur in no
-training pair of that prompt), ``exact/invalid_mass``, ``policy/length``, and given beta
+``exact/unseen_mass`` (mean over the prompts with training pairs, i.e. all but ``held_out_prompts``, of the
+policy's mass on responses that occur in no training pair of that prompt), ``exact/invalid_mass``, ``policy/length``, and given beta
 ``kl/to_target`` (KL(pi || pi*_beta)) with the target's own ``exact/target_kl`` and
 ``exact/target_reward``; given the run's own population target (:meth:`ExactEnv.target_metrics`,
 docs/targets.md) ``kl/to_own_target``, ``exact/objective_gap`` and ``exact/estimation_gap``.
@@ -110,6 +110,8 @@ class ExactConfig:
     data_seed: int | None = param(None, "seed of the preference pairs and their labels (train and held-out), hence of "
                                         "the reward model trained on them; None: the task seed, as before. The "
                                         "reference, gold reward table and prompts stay those of `seed`")
+    held_out_prompts: int = param(0, "prompts (the last ones, <p{K-h}>..<p{K-1}>) that get no training pairs and no "
+                                     "online rollouts; evaluated with the rest, reported apart (distribution shift)")
 
     def __post_init__(self) -> None:
         check_int("num_prompts", self.num_prompts, 1)
@@ -137,6 +139,10 @@ class ExactConfig:
         check_range("label_noise", self.label_noise, 0.0, 0.5)
         if self.data_seed is not None:
             check_int("data_seed", self.data_seed, 0)
+        check_int("held_out_prompts", self.held_out_prompts, 0)
+        if self.held_out_prompts >= self.num_prompts:
+            raise ConfigError("held_out_prompts", f"must be < num_prompts={self.num_prompts} (some prompt needs "
+                                                  f"training pairs), got {self.held_out_prompts}")
 
     @property
     def num_responses(self) -> int:
@@ -294,9 +300,10 @@ def standardise(reward: np.ndarray, logp_ref: np.ndarray) -> np.ndarray:
 
 
 def sample_pairs(logp_ref: np.ndarray, reward: np.ndarray, n: int, labels: str, label_noise: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """n labelled pairs (prompt, chosen, rejected) of response indices; y, y' ~ pi_ref, y != y'."""
-    k_count = logp_ref.shape[0]
+                 rng: np.random.Generator, n_prompts: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n labelled pairs (prompt, chosen, rejected) of response indices; y, y' ~ pi_ref, y != y'; prompts uniform
+    over the first ``n_prompts`` (default: all K)."""
+    k_count = logp_ref.shape[0] if n_prompts is None else n_prompts
     probs = np.exp(logp_ref)
     k = rng.integers(0, k_count, n)
     y1 = _categorical(probs[k], rng)
@@ -358,7 +365,8 @@ class ExactEnv(TaskEnv):
         self.response_ids = self.response_token_ids[torch.from_numpy(self._responses_np)]  # (N, L)
         self.responses = [" ".join(self.response_tokens[v] for v in row) for row in self._responses_np]
         self.generation = GenerationSpec(max_new_tokens=L, fixed_length=True, pad_token_id=0)
-        self.prompts = {"train": list(self.prompt_strings), "eval": list(self.prompt_strings)}
+        n_train_prompts = K - cfg.held_out_prompts  # held-out prompts: no training pairs, no online rollouts
+        self.prompts = {"train": self.prompt_strings[:n_train_prompts], "eval": list(self.prompt_strings)}
 
         # reference table: raw sequence log-probs (rows sum to 1 up to rounding), then exactly normalised
         self.ref_logp_raw = self.logp_table(reference)
@@ -371,9 +379,9 @@ class ExactEnv(TaskEnv):
         ref_np, r_np = self.ref_logp_table.numpy(), self.reward_table.numpy()
         self.pair_index: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.preferences = {}
-        for split, n, stream in (("train", cfg.num_train_pairs, _STREAM_TRAIN_PAIRS),
-                                 ("eval", cfg.num_eval_pairs, _STREAM_EVAL_PAIRS)):
-            k, c, r = sample_pairs(ref_np, r_np, n, cfg.labels, cfg.label_noise, _rng(cfg.pair_seed, stream))
+        for split, n, stream, n_prompts in (("train", cfg.num_train_pairs, _STREAM_TRAIN_PAIRS, n_train_prompts),
+                                            ("eval", cfg.num_eval_pairs, _STREAM_EVAL_PAIRS, K)):
+            k, c, r = sample_pairs(ref_np, r_np, n, cfg.labels, cfg.label_noise, _rng(cfg.pair_seed, stream), n_prompts)
             self.pair_index[split] = (k, c, r)
             self.preferences[split] = Dataset.from_dict({
                 "prompt": [self.prompt_strings[i] for i in k],
@@ -465,15 +473,33 @@ class ExactEnv(TaskEnv):
         :meth:`logp_table_full` (``sequence_logps`` on every full sequence) up to float rounding.
         Rows sum to 1 up to rounding for a :class:`ResponseMaskedGPT2`.
         """
-        from alignbench.logprobs import token_logps
+        return self.table_from_logits(self.prefix_logits(policy))
 
+    @torch.no_grad()
+    def prefix_logits(self, policy: nn.Module) -> Tensor:
+        """(K, N/V, L, vocab) float32 next-token logits of the prefix rows (see :meth:`logp_table`)."""
         K, N, V, L = self.num_prompts, self.num_responses, self.config.vocab_size, self.config.length
         n_prefix = N // V
         prefixes = self.response_ids[::V, :L - 1]  # (N/V, L-1): response n has prefix row n // V
         ids = torch.cat([self.prompt_ids.repeat_interleave(n_prefix)[:, None], prefixes.repeat(K, 1)], 1)
         logits = torch.cat(self._forward_chunks(policy, ids, lambda m, x: m(
             input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits.float().cpu()))
-        logits = logits.view(K, n_prefix, L, -1)
+        return logits.view(K, n_prefix, L, -1)
+
+    def table_from_logits(self, logits: Tensor, temperature: float = 1.0) -> Tensor:
+        """(K, N) float64 log pi_T(y|x) = sum_t log softmax(logits_t / T)[y_t] from :meth:`prefix_logits`.
+
+        T = 1 is :meth:`logp_table`; T = 0 is greedy decoding (:func:`alignbench.robustness.greedy_logp`: all mass
+        on the per-token argmax chain). Only the response tokens compete: the masked logits stay at
+        ``MASK_VALUE / T``, whose exp is 0 for T <= 5."""
+        from alignbench import robustness as R
+        from alignbench.logprobs import token_logps
+
+        K, N, V, L = self.num_prompts, self.num_responses, self.config.vocab_size, self.config.length
+        if temperature == 0:
+            return R.greedy_logp(R.greedy_chain(logits[..., self.response_token_ids]), N)
+        if temperature != 1.0:
+            logits = logits / temperature
         row = torch.arange(N) // V
         out = torch.empty(K, N, dtype=torch.float64)
         per = max(1, (1 << 24) // (N * L * logits.shape[-1]))  # prompts per gather, bounding memory
@@ -586,7 +612,7 @@ class ExactEnv(TaskEnv):
             "winrate/vs_ref": float(X.expected(lp, self.win_vs_ref)),
             "winrate/vs_chosen": float((p * self.win_vs_chosen).sum(-1)[self._has_eval_pairs].mean()),
             N.FRONTIER_GAP: self.frontier_reward_at(kl_ref) - reward,
-            "exact/unseen_mass": float((p * (~self.seen_in_train)).sum(-1).mean()),
+            "exact/unseen_mass": float((p * (~self.seen_in_train)).sum(-1)[~torch.from_numpy(self.held_out_mask)].mean()),
             "exact/invalid_mass": float((1.0 - total.exp()).clamp_min(0).mean()),
             "policy/length": float(self.config.length),
         }
@@ -627,6 +653,39 @@ class ExactEnv(TaskEnv):
                 N.ESTIMATION_GAP: result.metrics[N.FRONTIER_GAP] - objective,
                 "exact/own_target_kl": t_kl, "exact/own_target_reward": float(X.expected(t, self.reward_table))}
 
+    def evaluate_robustness(self, policy: nn.Module, *, temperatures=(), seed: int = 0,
+                            final: EvalResult | None = None) -> dict[str, float]:
+        """Exact metrics of pi_T at each temperature (:meth:`table_from_logits`; win rates against pi_ref at
+        T = 1) from one forward pass, and, with ``held_out_prompts``, gold reward, KL and win rate against pi_ref
+        on the prompts with training pairs (``@in``) and on the held-out ones (``@shift``)."""
+        from alignbench import robustness as R
+
+        logits = self.prefix_logits(policy)
+        out: dict[str, float] = {}
+        for t in temperatures:
+            lp = self.table_from_logits(logits, float(t))
+            per = self.per_prompt_metrics(lp - torch.logsumexp(lp, -1, keepdim=True))
+            out.update({N.at_temperature(k, t): float(np.nanmean(v)) for k, v in per.items()})
+        if self.config.held_out_prompts:
+            lp = self.table_from_logits(logits)
+            per = self.per_prompt_metrics(lp - torch.logsumexp(lp, -1, keepdim=True))
+            out.update(R.split_means({k: per[k] for k in R.SPLIT_METRICS}, self.held_out_mask))
+        return out
+
+    @property
+    def held_out_mask(self) -> np.ndarray:
+        """(K,) bool: the prompts that get no training pairs (``held_out_prompts``, the last ones)."""
+        return np.arange(self.num_prompts) >= self.num_prompts - self.config.held_out_prompts
+
+    def per_prompt_metrics(self, lp: Tensor) -> dict[str, np.ndarray]:
+        """(K,) gold reward, KL(pi || pi_ref), win rate against pi_ref and against the eval pairs' chosen responses
+        (NaN on prompts without eval pairs) of each prompt, from a normalised (K, N) table, as :meth:`evaluate_table`."""
+        p = lp.exp()
+        kl = torch.where(p > 0, p * (lp - self.ref_logp_table), torch.zeros_like(p)).sum(-1)
+        chosen = torch.where(self._has_eval_pairs, (p * self.win_vs_chosen).sum(-1), torch.full_like(kl, float("nan")))
+        return {N.GOLD: (p * self.reward_table).sum(-1).numpy(), N.KL: kl.numpy(),
+                N.WIN_VS_REF: (p * self.win_vs_ref).sum(-1).numpy(), N.WIN_VS_CHOSEN: chosen.numpy()}
+
     def head_to_head(self, logp_a: Tensor, logp_b: Tensor) -> float:
         """Exact Bradley-Terry win probability of policy table a against policy table b."""
         a = torch.as_tensor(logp_a).double()
@@ -662,6 +721,7 @@ class ExactEnv(TaskEnv):
             "num_eval_pairs": cfg.num_eval_pairs,
             "labels": cfg.labels,
             "label_noise": cfg.label_noise,
+            "held_out_prompts": cfg.held_out_prompts,
             "temperature": 1.0,
             "reference_entropy": float(X.entropy(self.ref_logp_table)),
             "reference_invalid_mass": float((1.0 - torch.logsumexp(self.ref_logp_raw, -1).exp()).clamp_min(0).mean()),

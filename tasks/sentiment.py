@@ -53,6 +53,7 @@ from alignbench.io import read_json, write_json
 from alignbench.models import freeze, tiny_gpt2, train_causal_lm, weights_fingerprint
 from alignbench.registry import register_task
 from alignbench.tokenization import EOS, PAD, build_word_tokenizer
+from alignbench.tasks._sentiment_shift import shifted_prompts
 
 # ------------------------------------------------------------------------------------------ grammar
 
@@ -248,6 +249,8 @@ class SentimentConfig:
                                         "hence of the reward model trained on it; None: `seed`, as before. The "
                                         "corpus, reference, evaluation prompts and gold reward stay those of `seed` "
                                         "(the cache entry is per data seed: its reference is rebuilt, identically)")
+    shift_prompts: int = param(0, "prompts of a shifted grammar (other subject nouns) on which the final policy is "
+                                  "also evaluated (0: none; distribution shift)")
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0)
@@ -280,6 +283,7 @@ class SentimentConfig:
         check_range("temperature", self.temperature, 0.0, 10.0)
         check_choice("reward_on", self.reward_on, ("completion", "prompt+completion"))
         check_int("eval_batch_size", self.eval_batch_size, 1)
+        check_int("shift_prompts", self.shift_prompts, 0)
 
     def build_key(self) -> dict[str, Any]:
         """The fields that determine the cached reference model and data."""
@@ -315,6 +319,13 @@ class SentimentEnv(SampledTaskEnv):
         else:
             texts = [_strip_special(p + " " + c) for p, c in zip(prompts, completions)]
         return torch.tensor([vader_compound(t) for t in texts], dtype=torch.float32)
+
+    def evaluate_robustness(self, policy: torch.nn.Module, *, temperatures=(), seed: int = 0,
+                            final: Any = None) -> dict[str, float]:
+        """Per-temperature metrics on the eval prompts, and the shifted prompt set's (``shift_prompts``)."""
+        from alignbench.robustness import sampled_robustness
+
+        return sampled_robustness(self, policy, temperatures=temperatures, seed=seed, final=final)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -402,8 +413,10 @@ class SentimentTask(Task):
     # four evaluations after step 0 for every method, as the convergence test needs (report/convergence.py)
     method_train_defaults = {"ppo": {"eval_every": 5}, "ppo-gt": {"eval_every": 5},
                              **{m: {"eval_every": 13} for m in ("rloo", "rloo-gt", "grpo", "online-dpo")}}
+    # eval_temperatures off: four more sampled evaluations add ~0.8 s a run (12% of a DPO run, 3-4% of an online
+    # run; docs/robustness.md), more than the default sweep's time budget spares; configs/shift.yaml turns them on
     train_defaults = {"steps": 100, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "eval_every": 25,
-                      "max_grad_norm": 10.0}
+                      "max_grad_norm": 10.0, "eval_temperatures": ()}
 
     def setup(self, cache_dir: Path, device: torch.device) -> SentimentEnv:
         from alignbench import cache
@@ -507,12 +520,19 @@ def _load(cfg: SentimentConfig, folder: Path, device: torch.device) -> Sentiment
     eval_prompts = eval_prompts_from(stored["heldout_reviews"], cfg.n_eval_prompts, cfg.seed)
     spec = GenerationSpec(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id, temperature=cfg.temperature)
+    prompts = {"train": list(stored["train"]), "eval": eval_prompts}
+    if cfg.shift_prompts:
+        prompts["shift"] = shifted_prompts(tokenizer.get_vocab(), cfg.shift_prompts, cfg.seed, copulas=COPULAS,
+                                           openers=OPENERS, verbs=sum(VERBS.values(), ()))
+        if len(prompts["shift"]) < cfg.shift_prompts:
+            raise ConfigError("shift_prompts", f"the corpus' vocabulary makes only {len(prompts['shift'])} shifted "
+                                               f"prompts, got {cfg.shift_prompts}")
     config = {k: v for k, v in to_dict(cfg).items() if not (k == "data_seed" and v is None)}  # ids as before
     fingerprint = stable_hash({"task": "sentiment", "config": config, "weights": weights_fingerprint(model),
                                "data": folder.name}, 16)
     env = SentimentEnv(cfg, task_name="sentiment", tokenizer=tokenizer, reference=model,
                        reference_dir=folder / "reference", preferences=prefs,
-                       prompts={"train": list(stored["train"]), "eval": eval_prompts}, generation=spec,
+                       prompts=prompts, generation=spec,
                        fingerprint=fingerprint, n_eval_samples=cfg.n_eval_samples,
                        eval_batch_size=cfg.eval_batch_size)
     env.meta = meta

@@ -142,3 +142,21 @@ def test_evaluate_reference(env):
 def test_train_defaults_are_valid():
     tc = get_task("sentiment")(get_task("sentiment").config_cls()).train_config()
     assert tc.steps >= 50 and tc.eval_every <= tc.steps
+
+
+def test_robustness_at_temperature_one_is_the_standard_evaluation(env):
+    from alignbench.report import names as N
+    from alignbench.robustness import sampled_metrics
+
+    pol = env.make_policy()
+    std = env.evaluate(pol, seed=3).metrics
+    fresh = sampled_metrics(env, pol, env.prompts["eval"], 3, 1.0)  # the same seeds: identical numbers
+    assert fresh == {k: std[k] for k in fresh}
+    env.prompts["shift"] = ["the debut was", "i loved the mess", "honestly the experience"]
+    try:
+        rob = env.evaluate_robustness(pol, temperatures=(0.0, 1.0), seed=3)
+    finally:
+        del env.prompts["shift"]
+    assert rob[N.at_temperature(N.GOLD, 1.0)] == std[N.GOLD] and rob[N.on_split(N.KL, N.SPLIT_IN)] == std[N.KL]
+    assert rob[N.on_split(N.KL, N.SPLIT_SHIFT)] == pytest.approx(0.0, abs=1e-5)  # the reference against itself
+    assert rob[N.at_temperature(N.KL, 0.0)] > 0  # greedy: -log pi_ref of the one completion per prompt

@@ -51,3 +51,15 @@ REWARD_CHANGE = "reward_change"  # last-window mean minus previous-window mean, 
 KL_CHANGE = "kl_change"
 ONLINE_RM_REWARD = "online/rm_reward"  # the learned reward model's mean score of an online method's rollouts
 ONLINE_GOLD_REWARD = "online/gold_reward"  # the gold reward of the same rollouts
+# robustness metrics, measured once on the final policy (``alignbench.robustness``; summary.csv columns)
+SPLIT_IN, SPLIT_SHIFT = "in", "shift"  # exact: prompts with / without training pairs; sentiment: eval / shifted set
+
+
+def at_temperature(metric: str, t: float) -> str:
+    """``metric`` of the policy sampled at temperature ``t`` (0: greedy), e.g. ``winrate/vs_ref@T=0.5``."""
+    return f"{metric}@T={float(t):g}"
+
+
+def on_split(metric: str, split: str) -> str:
+    """``metric`` on one prompt split (:data:`SPLIT_IN` or :data:`SPLIT_SHIFT`), e.g. ``reward/gold@shift``."""
+    return f"{metric}@{split}"
