@@ -375,6 +375,9 @@ class TargetEvaluable(Protocol):
 
     def target_metrics(self, result: EvalResult, target: Target) -> dict[str, float]:
         """``kl/to_own_target``, ``exact/objective_gap``, ``exact/estimation_gap`` of an evaluation of this env."""
+
+
+@runtime_checkable
 class RobustnessEvaluable(Protocol):
     """An environment that measures its final policy once more: at other sampling temperatures, and on shifted
     prompts (the DPO paper's Fig. 2 right and its section 6.3). The harness calls it once per run, after training,
