@@ -201,8 +201,10 @@ def _text_examples(task: str, summary: pd.DataFrame, ex: pd.DataFrame) -> str:
         return ""
     lines = [f"### {task}: example completions", "",
              f"{len(prompts)} evaluation prompts (the same for every method), the first saved sample of each policy: "
-             f"the reference, each method at its best sweep value and at the run closest to KL = {budget:g} nats "
-             f"(within a factor {W.MAX_KL_RATIO:g}); gold reward beside each. Several seeds: the lowest seed's sample.",
+             "the reference, each method at its best sweep value"
+             + (f" and at the run closest to KL = {budget:g} nats (within a factor {W.MAX_KL_RATIO:g})"
+                if budget is not None else " (no KL budget that several methods reach)")
+             + "; gold reward beside each. Several seeds: the lowest seed's sample.",
              ""]
     for p in prompts:
         rows = []

@@ -25,7 +25,7 @@ def _col(t: float, metric: str = N.WIN_VS_REF) -> str:
 def plot_temperature(out: Path, ok: pd.DataFrame, temps: list[float]) -> Path | None:
     """One panel per (task, selection): win rate vs T, a line per method (mean over seeds, band: 95% interval)."""
     panels = [(task, label, picks) for task in sorted(ok["task"].unique()) for label, picks in selections(ok, task)
-              if picks]
+              if any(stat(ok, u, _col(temps[-1])).n for u in picks.values())]  # tasks measured at temperatures only
     if not panels:
         return None
     theme()
@@ -45,7 +45,8 @@ def plot_temperature(out: Path, ok: pd.DataFrame, temps: list[float]) -> Path | 
         ax.set_title(f"{task}: {label}", fontsize=10)
         ax.set_xlabel("sampling temperature T (0 = greedy)")
         ax.set_ylabel("win rate vs reference (T = 1)")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(out) / FIGURE
     save_figure(fig, path)
@@ -58,6 +59,8 @@ def _table(ok: pd.DataFrame, temps: list[float]) -> tuple[str, list[str]]:
     for task in sorted(ok["task"].unique()):
         for label, picks in selections(ok, task):
             for method, u in sorted(picks.items()):
+                if not stat(ok, u, _col(hi_t)).n:  # not measured at temperatures (best-of-N; a task with them off)
+                    continue
                 d = stat(ok, u, _col(lo_t), minus=_col(hi_t))
                 row = {"task": task, "selection": label, "method": method,
                        "value": cell_label(u.param, u.value, u.variant), "seeds": stat(ok, u, _col(hi_t)).n}
@@ -92,7 +95,8 @@ def section_temperature(ctx: ReportContext) -> str:
         "Each method at its best sweep value (highest mean gold reward) and at the KL budget (0.3, 1, 3 or 10 nats) "
         "that the most methods reach within a factor 2 (the sweep value whose mean KL at T = 1 is closest to it). "
         "Cells: mean over seeds [95% bootstrap interval over seeds]; with one seed no interval. The last column "
-        "is the per-seed difference between the lowest and highest temperature.\n")
+        "is the per-seed difference between the lowest and highest temperature. Runs without these measurements "
+        "(best-of-N; the sentiment task by default, where they are off for time: `eval_temperatures`) are left out.\n")
     if ok["seed"].nunique() < 2:
         parts.append("Only one seed: no intervals, and no finding is drawn.\n")
     path = ctx.add_figure(plot_temperature(ctx.out, ok, temps))
