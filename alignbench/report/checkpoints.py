@@ -32,6 +32,7 @@ import pandas as pd
 from . import names as N
 from . import seeds as S
 from .diagnostics import pareto_front
+from .ranking import per_unit_points
 from .schema import BASE_COLUMNS, EARLY_STEP, as_frame
 
 FINAL, EARLY, ENVELOPE = "final", "early-stopped", "envelope"
@@ -140,17 +141,8 @@ def point_sets(table: pd.DataFrame, task: str, choice: str, reference: Mapping[t
                ) -> dict[str, dict[Any, tuple[np.ndarray, np.ndarray]]]:
     """method -> seed -> (KL, reward) points of ``choice`` (final: each run's last evaluation; early-stopped: each
     run's chosen one; envelope: every evaluation), plus the reference (0, its reward) where known."""
-    t = table[table["task"] == task]
-    if choice != ENVELOPE:
-        t = t[t["final" if choice == FINAL else "early"].astype(bool)]
-    out: dict[str, dict[Any, tuple[np.ndarray, np.ndarray]]] = {}
-    for (method, seed), g in t.groupby(["method", "seed"], sort=True):
-        kl, rw = g["kl"].to_numpy(float), g["reward"].to_numpy(float)
-        r0 = (reference or {}).get((task, seed))
-        if r0 is not None and np.isfinite(r0):
-            kl, rw = np.concatenate([[0.0], kl]), np.concatenate([[r0], rw])
-        out.setdefault(str(method), {})[seed] = (kl, rw)
-    return out
+    t = table if choice == ENVELOPE else table[table["final" if choice == FINAL else "early"].astype(bool)]
+    return per_unit_points(t, task, reference)
 
 
 def choice_summary(summary: pd.DataFrame, table: pd.DataFrame, choice: str) -> pd.DataFrame:
