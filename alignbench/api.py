@@ -324,7 +324,7 @@ class TaskEnv(ABC):
 
     def stored_arrays(self, per_prompt: dict[str, Any]) -> dict[str, Any]:
         """A run's per-prompt arrays as written to its folder (``eval_final.npz``); a task may store large tables
-        compactly here (the exact task: float16 log-prob tables), while the run itself keeps full precision."""
+        compactly here (the exact task: log-prob tables as uint8 codes), while the run itself keeps full precision."""
         return per_prompt
 
     def describe(self) -> dict[str, Any]:

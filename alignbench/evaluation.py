@@ -158,7 +158,7 @@ class SampledTaskEnv(TaskEnv):
     def __init__(self, *, task_name: str, tokenizer: Any, reference: nn.Module, reference_dir: Path,
                  preferences: Any, prompts: dict[str, list[str]], generation: GenerationSpec,
                  fingerprint: str, n_eval_samples: int = 8, eval_batch_size: int = 256,
-                 n_example_completions: int = 2):
+                 n_example_completions: int = 1):
         self.task_name = task_name
         self.tokenizer = tokenizer
         self.reference = reference

@@ -632,7 +632,7 @@ class ExactEnv(TaskEnv):
         return EvalResult(metrics=metrics, per_prompt=per_prompt)
 
     def stored_arrays(self, per_prompt: dict[str, Any]) -> dict[str, Any]:
-        """The log-prob table is stored float16 with a floor (:func:`alignbench.io.compact_logp`, ~12 KB a run)."""
+        """The log-prob table is stored as uint8 codes of 1/16 nat (:func:`alignbench.io.compact_logp`, ~8 KB a run)."""
         return {**per_prompt, "logp": io.compact_logp(per_prompt["logp"])} if "logp" in per_prompt else per_prompt
 
     def tabular_problem(self) -> TabularProblem:

@@ -259,6 +259,8 @@ class ResultsData:
                 try:
                     with np.load(path, allow_pickle=False) as z:
                         data = {k: (z[k].tolist() if z[k].dtype.kind in "US" else z[k]) for k in z.files}
+                    if data is not None and "logp" in data:  # uint8 codes (io.compact_logp) or an older float table
+                        data["logp"] = io.expand_logp(data["logp"])
                 except (OSError, ValueError):
                     data = None
             self._final[run_id] = data
