@@ -176,12 +176,12 @@ def _plan(**kw):
 
 
 def test_steps_is_every_methods_budget():
-    """--steps sets PPO's iterations too, over a task's default (sentiment: 40); an explicit
+    """--steps sets PPO's iterations too, over a task's default (sentiment: 20); an explicit
     method-arg iterations wins over --steps."""
     def iters(p):
         return {s.method: s.method_config.iterations for s in p.specs if s.method in ("ppo", "ppo-gt")}
 
-    assert set(iters(_plan(tasks=["sentiment"], methods=["ppo", "ppo-gt"], betas=[0.1])).values()) == {40}
+    assert set(iters(_plan(tasks=["sentiment"], methods=["ppo", "ppo-gt"], betas=[0.1])).values()) == {20}
     assert set(iters(_plan(tasks=["sentiment"], methods=["ppo", "ppo-gt"], betas=[0.1], steps=5)).values()) == {5}
     assert set(iters(_plan(tasks=["exact"], methods=["ppo"], betas=[0.1], train_args={"steps": 7})).values()) == {7}
     mixed = _plan(tasks=["sentiment"], methods=["ppo", "ppo-gt"], betas=[0.1], steps=5,

@@ -8,7 +8,7 @@ Functions of ``(out, summary, runs)`` (the results folder, the summary frame and
   with the reference's completion, each method's at its best sweep value (highest mean gold reward)
   and at one matched KL budget (:func:`alignbench.winrates.select_matched_kl`), each with its gold
   reward; the first saved sample of the lowest seed, labelled where there are several seeds. It also
-  writes ``DIR/examples.csv`` (every saved completion and its gold reward, per run, and the
+  writes ``DIR/examples.csv.gz`` (every saved completion and its gold reward, per run, and the
   reference's). On a task that saved its reference log-prob table (``task_<task>.npz`` with
   ``ref_logp``, ``reward`` and ``responses``; the exact task), it shows instead each policy's most
   probable responses with their probabilities next to pi*_beta = pi_ref exp(r / beta) / Z at the same
@@ -24,6 +24,8 @@ key existed count as text where their runs saved completions. Nothing here names
 """
 
 from __future__ import annotations
+
+import gzip
 
 import hashlib
 import json
@@ -48,7 +50,7 @@ N_PROMPTS_TABLE = 3  # prompts shown per task with an enumerable response table
 TOP_K = 3  # most probable responses shown per policy on an enumerable task
 BUDGET_ORDER = (1.0, 3.0, 0.3, 10.0)  # matched-KL budgets tried, ties broken by this order
 Z95 = 1.959964
-EXAMPLES_CSV = "examples.csv"
+EXAMPLES_CSV = "examples.csv.gz"  # gzip (mtime 0: the same bytes for the same rows); pandas reads it as is
 REF_LABEL = "π_ref"
 REF_PREFIX = REF_LABEL + " "  # column prefix of the reference's baseline of a metric
 
@@ -125,7 +127,7 @@ def _text_tasks(out: Path, summary: pd.DataFrame, data: W.ResultsData) -> list[s
     return tasks
 
 
-# ------------------------------------------------------------------------------------------ examples.csv
+# ------------------------------------------------------------------------------------------ examples.csv.gz
 
 
 def examples_frame(out: Path, summary: pd.DataFrame, data: W.ResultsData | None = None) -> pd.DataFrame:
@@ -167,7 +169,9 @@ def section_examples(out: Path, summary: pd.DataFrame, runs: dict[str, Any] | No
     parts = []
     if not ex.empty:  # the file keeps the lowest seed of each task (what the tables show): its size stays one seed's
         lowest = ex.groupby("task")["seed"].transform("min")
-        io.write_text(out / EXAMPLES_CSV, ex[ex["seed"] == lowest].to_csv(index=False))
+        text = ex[ex["seed"] == lowest].to_csv(index=False)
+        io.write_bytes(out / EXAMPLES_CSV, gzip.compress(text.encode(), compresslevel=9, mtime=0))
+        (out / "examples.csv").unlink(missing_ok=True)  # the uncompressed file of earlier versions
         for task in _text_tasks(out, summary, data):
             parts.append(_text_examples(task, summary, ex[ex["task"] == task]))
     for task in sorted(summary.loc[summary["status"] == "ok", "task"].astype(str).unique()):

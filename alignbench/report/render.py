@@ -17,8 +17,8 @@ import seaborn as sns  # noqa: E402
 
 from .. import io  # noqa: E402
 
-DPI = 100
-PALETTE = 64  # colours of a saved figure (line plots use a few dozen)
+DPI = 72
+PALETTE = 32  # colours of a saved figure (line plots use a few dozen)
 
 
 def method_palette(methods: list[str]) -> dict[str, Any]:
