@@ -79,7 +79,7 @@ def test_evaluate_logs_degeneration_matching_the_samples():
     # the reference's own samples score higher under the reference than a perturbed policy's on average
     assert m[DG.reference_name(DG.REF_LOGP)] > m[DG.REF_LOGP]
     ref = env.reference_samples(1)
-    assert res.per_prompt["ref_completions"] == [t[:2] for t in ref.texts]
+    assert res.per_prompt["ref_completions"] == [t[:env.n_example_completions] for t in ref.texts]
 
 
 def test_evaluate_samples_logs_the_same_metrics_from_texts():

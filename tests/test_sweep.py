@@ -45,7 +45,7 @@ def test_smoke_sweep_outputs(smoke):
     assert (summary["frontier_gap"] > -1e-6).all()
     report = (smoke / "report.md").read_text()
     assert "## Reward vs KL frontier" in report and "frontier.png" in report
-    assert (smoke / "frontier.png").stat().st_size > 10_000
+    assert (smoke / "frontier.png").stat().st_size > 3_000  # a drawn figure (72 dpi, 32 colours), not an empty one
     run = smoke / "runs" / summary["run_id"][0]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 3, 6]
